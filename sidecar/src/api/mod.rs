@@ -1,0 +1,50 @@
+//! The HTTP API: one module per building block, the error mapping, token auth and body limits.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+mod health;
+mod metadata;
+mod secrets;
+mod shutdown;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::Router;
+
+use crate::runtime::Runtime;
+
+/// The router of the API port.
+pub fn router(rt: Arc<Runtime>) -> Router {
+    let routes = Router::new()
+        .merge(health::routes())
+        .merge(metadata::routes())
+        .merge(secrets::routes())
+        .merge(shutdown::routes());
+    finish(routes, rt)
+}
+
+/// The router of `--dapr-public-port`: health and metadata only.
+pub fn public_router(rt: Arc<Runtime>) -> Router {
+    finish(
+        Router::new()
+            .merge(health::routes())
+            .merge(metadata::routes()),
+        rt,
+    )
+}
+
+fn finish(routes: Router<Arc<Runtime>>, rt: Arc<Runtime>) -> Router {
+    let limit = rt.settings.body_limit;
+    let token = rt.settings.api_token.clone();
+    routes
+        .layer(middleware::from_fn_with_state(limit, body::limit_body))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            token,
+            auth::require_api_token,
+        ))
+        .with_state(rt)
+}

@@ -1,0 +1,241 @@
+//! The channel to the application: one pooled keep-alive client, a concurrency limit
+//! (`--app-max-concurrency`), the app token (`APP_API_TOKEN`) and the app's health.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Error)]
+pub enum AppChannelError {
+    #[error("app is not in a healthy state")]
+    Unhealthy,
+    #[error("invalid request path {0:?}")]
+    InvalidPath(String),
+    #[error("error calling the app: {0}")]
+    Transport(#[from] hyper_util::client::legacy::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppChannelConfig {
+    pub address: String,
+    pub port: u16,
+    /// `h2c` speaks HTTP/2 without TLS; anything else HTTP/1.1.
+    pub http2: bool,
+    pub max_concurrency: Option<usize>,
+    pub token: Option<String>,
+    pub health_check: Option<HealthCheck>,
+}
+
+pub struct AppChannel {
+    config: AppChannelConfig,
+    authority: String,
+    client: Client<HttpConnector, Body>,
+    limit: Option<Arc<Semaphore>>,
+    token: Option<HeaderValue>,
+    healthy: AtomicBool,
+    health_changed: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppChannel {
+    pub fn new(config: AppChannelConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(config.http2)
+            .build(connector);
+        let host = if config.address.contains(':') {
+            format!("[{}]", config.address)
+        } else {
+            config.address.clone()
+        };
+        // Until a probe succeeds, an app with health checks counts as unhealthy (as in Dapr).
+        let healthy = config.health_check.is_none();
+        Self {
+            authority: format!("{host}:{}", config.port),
+            limit: config
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            token: config
+                .token
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok()),
+            healthy: AtomicBool::new(healthy),
+            health_changed: tokio::sync::watch::channel(healthy).0,
+            client,
+            config,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.config.port
+    }
+
+    pub fn config(&self) -> &AppChannelConfig {
+        &self.config
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever the app's health flips.
+    pub fn health_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health_changed.subscribe()
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
+            if healthy {
+                tracing::info!("app is healthy");
+            } else {
+                tracing::warn!("app is unhealthy; invocations and deliveries are paused");
+            }
+            self.health_changed.send_replace(healthy);
+        }
+    }
+
+    /// Sends `req` (whose URI holds only path and query) to the app. The concurrency permit is
+    /// held until the response body has been read to its end.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<AppBody>, AppChannelError> {
+        if !self.is_healthy() {
+            return Err(AppChannelError::Unhealthy);
+        }
+        self.send_unchecked(req).await
+    }
+
+    /// Like `send`, but also while the app is unhealthy (health probes, subscription discovery).
+    pub async fn send_unchecked(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<AppBody>, AppChannelError> {
+        let permit = match &self.limit {
+            Some(sem) => sem.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.as_str())
+            .path_and_query(path.as_str())
+            .build()
+            .map_err(|_| AppChannelError::InvalidPath(path.clone()))?;
+        *req.uri_mut() = uri;
+        if let Some(token) = &self.token {
+            req.headers_mut().insert("dapr-api-token", token.clone());
+        }
+        let resp = self.client.request(req).await?;
+        Ok(resp.map(|inner| AppBody {
+            inner,
+            _permit: permit,
+        }))
+    }
+
+    /// Blocks until the app's port accepts TCP connections (Dapr's `blockUntilAppIsReady`).
+    pub async fn wait_until_listening(&self, shutdown: &CancellationToken) -> bool {
+        tracing::info!(
+            "waiting on port {}. This will block until the app is listening on that port.",
+            self.config.port
+        );
+        loop {
+            if tokio::net::TcpStream::connect(self.authority.as_str())
+                .await
+                .is_ok()
+            {
+                tracing::info!("app is listening on port {}", self.config.port);
+                return true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Probes the health endpoint until shutdown. One success makes the app healthy; `threshold`
+    /// failures in a row make it unhealthy.
+    pub async fn run_health_checks(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(check) = self.config.health_check.clone() else {
+            return;
+        };
+        let mut failures = 0u32;
+        loop {
+            let ok = self.probe(&check).await;
+            if ok {
+                failures = 0;
+                self.set_healthy(true);
+            } else {
+                failures += 1;
+                if failures >= check.threshold.max(1) {
+                    self.set_healthy(false);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(check.interval) => {}
+            }
+        }
+    }
+
+    async fn probe(&self, check: &HealthCheck) -> bool {
+        let Ok(req) = Request::get(check.path.as_str()).body(Body::empty()) else {
+            return false;
+        };
+        match tokio::time::timeout(check.timeout, self.send_unchecked(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success(),
+            _ => false,
+        }
+    }
+}
+
+/// A response body from the app that keeps its concurrency permit until it is done.
+pub struct AppBody {
+    inner: Incoming,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for AppBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,119 @@
+//! The command line: `tandem sidecar`, `tandem run`, and the `daprd` / `dapr` personalities
+//! selected by the name the binary is invoked under (`ln -s tandem daprd`).
+
+pub mod flags;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use flags::SidecarArgs;
+use run::RunArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "A sidecar runtime that speaks Dapr's HTTP API"
+)]
+struct TandemCli {
+    #[command(subcommand)]
+    command: TandemCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TandemCommand {
+    /// Run the sidecar process (what `daprd` does).
+    Sidecar(SidecarArgs),
+    /// Run an app with a sidecar beside it (what `dapr run` does).
+    Run(RunArgs),
+}
+
+/// `daprd [flags]`.
+#[derive(Debug, Parser)]
+#[command(name = "daprd", version)]
+struct DaprdCli {
+    #[command(flatten)]
+    args: SidecarArgs,
+}
+
+/// `dapr <command>`: the Dapr CLI commands Tandem implements.
+#[derive(Debug, Parser)]
+#[command(name = "dapr", version)]
+struct DaprCli {
+    #[command(subcommand)]
+    command: DaprCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DaprCommand {
+    /// Run an app with a sidecar beside it.
+    Run(RunArgs),
+}
+
+/// What the process was asked to do.
+enum Invocation {
+    Sidecar(SidecarArgs),
+    Run(RunArgs),
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn parse() -> Invocation {
+    let args: Vec<String> = std::env::args().collect();
+    match program_name().as_str() {
+        "daprd" => Invocation::Sidecar(DaprdCli::parse_from(flags::normalize_go_flags(args)).args),
+        "dapr" => match DaprCli::parse_from(args).command {
+            DaprCommand::Run(a) => Invocation::Run(a),
+        },
+        _ => {
+            let is_sidecar = args.get(1).map(String::as_str) == Some("sidecar");
+            let args = if is_sidecar {
+                flags::normalize_go_flags(args)
+            } else {
+                args
+            };
+            match TandemCli::parse_from(args).command {
+                TandemCommand::Sidecar(a) => Invocation::Sidecar(a),
+                TandemCommand::Run(a) => Invocation::Run(a),
+            }
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let invocation = parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match invocation {
+        Invocation::Sidecar(args) => {
+            crate::logging::init(&args.log_level, args.log_as_json);
+            match runtime.block_on(crate::runtime::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("fatal: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Invocation::Run(args) => runtime.block_on(run::run(args)),
+    }
+}

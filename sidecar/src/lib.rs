@@ -1,0 +1,9 @@
+//! The `tandem` sidecar: Dapr's HTTP API on real backends.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod component_set;
+pub mod logging;
+pub mod runtime;

@@ -1,0 +1,347 @@
+//! Start-up sequence, shared runtime state and graceful shutdown.
+//!
+//! Order (as daprd): load resources and build components, serve the API (`/v1.0/healthz/outbound`
+//! turns 204), wait for the app's port, pass a first health probe if enabled, then report ready
+//! (`/v1.0/healthz` turns 204). SIGTERM, SIGINT or `POST /v1.0/shutdown` stop intake, let
+//! in-flight requests finish within `--dapr-graceful-shutdown-seconds`, then close components.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tandem_components::spec::configuration::SecretScope;
+use tandem_components::spec::template::TemplateContext;
+use tandem_components::spec::{
+    load_resources, ComponentSpec, HttpEndpointSpec, Origin, ResiliencySpec, SubscriptionSpec,
+};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppChannel, AppChannelConfig, HealthCheck};
+use crate::cli::flags::SidecarArgs;
+use crate::component_set::{ComponentSet, ComponentSetError};
+
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Resources(#[from] tandem_components::spec::LoadError),
+    #[error("{0}")]
+    Components(#[from] ComponentSetError),
+    #[error("--app-protocol {0} is not supported; use http or h2c")]
+    AppProtocol(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Settings derived from the command line and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub app_id: String,
+    pub http_port: u16,
+    pub public_port: Option<u16>,
+    pub listen_addresses: Vec<String>,
+    pub body_limit: u64,
+    pub graceful_shutdown: Duration,
+    pub mode: String,
+    pub api_token: Option<String>,
+    pub app: Option<AppChannelConfig>,
+    pub app_protocol: String,
+    pub namespace: Option<String>,
+}
+
+impl Settings {
+    pub fn from_args(args: &SidecarArgs) -> Result<Self, StartupError> {
+        let http2 = match args.app_protocol.as_str() {
+            "http" => false,
+            "h2c" => true,
+            other => return Err(StartupError::AppProtocol(other.to_string())),
+        };
+        let non_empty_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let app = args.app_port.map(|port| AppChannelConfig {
+            address: args.app_channel_address.clone(),
+            port,
+            http2,
+            max_concurrency: usize::try_from(args.app_max_concurrency)
+                .ok()
+                .filter(|n| *n > 0),
+            token: non_empty_env("APP_API_TOKEN"),
+            health_check: args.enable_app_health_check.then(|| HealthCheck {
+                path: args.app_health_check_path.clone(),
+                interval: args.health_probe_interval(),
+                timeout: args.health_probe_timeout(),
+                threshold: args.app_health_threshold,
+            }),
+        });
+        Ok(Self {
+            app_id: args.app_id.clone(),
+            http_port: args.http_port(),
+            public_port: args.dapr_public_port,
+            listen_addresses: args.listen_addresses(),
+            body_limit: args.body_limit(),
+            graceful_shutdown: args.graceful_shutdown(),
+            mode: args.mode.clone(),
+            api_token: non_empty_env("DAPR_API_TOKEN"),
+            app,
+            app_protocol: args.app_protocol.clone(),
+            namespace: non_empty_env("NAMESPACE"),
+        })
+    }
+}
+
+/// Everything the API handlers and background tasks share.
+pub struct Runtime {
+    pub settings: Settings,
+    pub components: ComponentSet,
+    pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
+    pub resiliencies: Vec<ResiliencySpec>,
+    pub http_endpoints: Vec<HttpEndpointSpec>,
+    pub secret_scopes: Vec<SecretScope>,
+    pub app: Option<Arc<AppChannel>>,
+    /// Values set through `PUT /v1.0/metadata/{key}`.
+    pub extended_metadata: RwLock<BTreeMap<String, String>>,
+    outbound_ready: AtomicBool,
+    app_ready: AtomicBool,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+}
+
+impl Runtime {
+    pub fn outbound_ready(&self) -> bool {
+        self.outbound_ready.load(Ordering::Acquire)
+    }
+
+    /// Components loaded, API up and the app channel ready (or no app).
+    pub fn ready(&self) -> bool {
+        self.app_ready.load(Ordering::Acquire)
+    }
+}
+
+/// The resource directories to read: the flags, else `~/.tandem/components`, else
+/// `~/.dapr/components`; `None` means the built-in defaults.
+fn resources_paths(args: &SidecarArgs) -> Option<Vec<PathBuf>> {
+    if !args.resources_path.is_empty() {
+        return Some(args.resources_path.clone());
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    [".tandem/components", ".dapr/components"]
+        .iter()
+        .map(|p| home.join(p))
+        .find(|p| p.is_dir())
+        .map(|p| vec![p])
+}
+
+/// The embedded defaults: an in-memory state store and an in-memory pub/sub.
+fn builtin_components() -> Vec<ComponentSpec> {
+    let spec = |name: &str, component_type: &str| ComponentSpec {
+        name: name.to_string(),
+        namespace: None,
+        component_type: component_type.to_string(),
+        version: "v1".to_string(),
+        init_timeout: tandem_components::spec::component::DEFAULT_INIT_TIMEOUT,
+        ignore_errors: false,
+        metadata: Vec::new(),
+        secret_store: None,
+        scopes: Vec::new(),
+        origin: Origin {
+            file: PathBuf::from("(built-in)"),
+            document: 1,
+        },
+    };
+    vec![
+        spec("statestore", "state.in-memory"),
+        spec("pubsub", "pubsub.in-memory"),
+    ]
+}
+
+/// Loads resources and builds components: everything before the API is served.
+pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError> {
+    let started = Instant::now();
+    let settings = Settings::from_args(args)?;
+    let given = args.accepted.given();
+    if !given.is_empty() {
+        tracing::info!(
+            "accepted for compatibility, without effect in Tandem: {}",
+            given.join(", ")
+        );
+    }
+    let mut resources = match resources_paths(args) {
+        Some(paths) => {
+            tracing::info!(
+                "loading resources from {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            load_resources(&paths, &settings.app_id)?
+        }
+        None => {
+            tracing::info!(
+                "no resources path given and none in ~/.tandem/components or ~/.dapr/components: \
+                 using the built-in components statestore (state.in-memory) and pubsub (pubsub.in-memory)"
+            );
+            tandem_components::spec::Resources {
+                components: builtin_components(),
+                ..Default::default()
+            }
+        }
+    };
+    if !args.config.is_empty() {
+        let configs = load_resources(&args.config, &settings.app_id)?;
+        resources.configurations = configs.configurations;
+    }
+    let templates = TemplateContext {
+        app_id: settings.app_id.clone(),
+        namespace: settings.namespace.clone(),
+        pod_name: std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()),
+    };
+    let components = ComponentSet::build(&resources.components, &templates).await?;
+    let secret_scopes = resources
+        .configurations
+        .iter()
+        .flat_map(|c| c.secret_scopes.clone())
+        .collect();
+    let app = settings.app.clone().map(|c| Arc::new(AppChannel::new(c)));
+    Ok(Arc::new(Runtime {
+        settings,
+        components,
+        subscriptions: RwLock::new(resources.subscriptions),
+        resiliencies: resources.resiliencies,
+        http_endpoints: resources.http_endpoints,
+        secret_scopes,
+        app,
+        extended_metadata: RwLock::new(BTreeMap::new()),
+        outbound_ready: AtomicBool::new(false),
+        app_ready: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        started,
+    }))
+}
+
+async fn bind_all(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, StartupError> {
+    let mut listeners = Vec::new();
+    for addr in addresses {
+        let text = if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        };
+        let bind = async {
+            let sock: SocketAddr = text.parse().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}"))
+            })?;
+            TcpListener::bind(sock).await
+        };
+        let listener = bind.await.map_err(|source| StartupError::Bind {
+            addr: text.clone(),
+            source,
+        })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Runs the sidecar until a shutdown signal, then shuts down gracefully.
+pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
+    let rt = initialise(&args).await?;
+    let settings = rt.settings.clone();
+
+    let mut servers = tokio::task::JoinSet::new();
+    let api = crate::api::router(rt.clone());
+    for listener in bind_all(&settings.listen_addresses, settings.http_port).await? {
+        let router = api.clone();
+        let stop = rt.shutdown.clone();
+        servers.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    if let Some(port) = settings.public_port {
+        let public = crate::api::public_router(rt.clone());
+        for listener in bind_all(&settings.listen_addresses, port).await? {
+            let router = public.clone();
+            let stop = rt.shutdown.clone();
+            servers.spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+        }
+    }
+    rt.outbound_ready.store(true, Ordering::Release);
+    tracing::info!(
+        "HTTP API listening on port {} ({})",
+        settings.http_port,
+        settings.listen_addresses.join(", ")
+    );
+
+    tokio::spawn(watch_signals(rt.shutdown.clone()));
+    tokio::spawn(become_ready(rt.clone()));
+
+    rt.shutdown.cancelled().await;
+    tracing::info!(
+        "shutting down: waiting up to {:?} for in-flight work",
+        settings.graceful_shutdown
+    );
+    let drained = tokio::time::timeout(settings.graceful_shutdown, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("graceful shutdown period elapsed; abandoning remaining requests");
+        servers.abort_all();
+    }
+    rt.components.close().await;
+    tracing::info!("dapr shutdown complete");
+    Ok(())
+}
+
+/// Waits for the app, then marks the sidecar ready.
+async fn become_ready(rt: Arc<Runtime>) {
+    if let Some(app) = &rt.app {
+        if !app.wait_until_listening(&rt.shutdown).await {
+            return;
+        }
+        if app.config().health_check.is_some() {
+            tokio::spawn(app.clone().run_health_checks(rt.shutdown.clone()));
+            let mut health = app.health_watch();
+            if health.wait_for(|healthy| *healthy).await.is_err() {
+                return;
+            }
+        }
+    }
+    rt.app_ready.store(true, Ordering::Release);
+    tracing::info!(
+        "dapr initialized. Status: Running. Init Elapsed {}ms",
+        rt.started.elapsed().as_millis()
+    );
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+        _ = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}
