@@ -6,4 +6,5 @@ pub mod app;
 pub mod cli;
 pub mod component_set;
 pub mod logging;
+pub mod resiliency;
 pub mod runtime;

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use tandem_components::spec::configuration::SecretScope;
 use tandem_components::spec::template::TemplateContext;
 use tandem_components::spec::{
-    load_resources, ComponentSpec, HttpEndpointSpec, Origin, ResiliencySpec, SubscriptionSpec,
+    load_resources, ComponentSpec, HttpEndpointSpec, Origin, SubscriptionSpec,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppChannel, AppChannelConfig, HealthCheck};
 use crate::cli::flags::SidecarArgs;
 use crate::component_set::{ComponentSet, ComponentSetError};
+use crate::resiliency::Resiliency;
 
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -103,7 +104,7 @@ pub struct Runtime {
     pub settings: Settings,
     pub components: ComponentSet,
     pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
-    pub resiliencies: Vec<ResiliencySpec>,
+    pub resiliency: Resiliency,
     pub http_endpoints: Vec<HttpEndpointSpec>,
     pub secret_scopes: Vec<SecretScope>,
     pub app: Option<Arc<AppChannel>>,
@@ -217,7 +218,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         settings,
         components,
         subscriptions: RwLock::new(resources.subscriptions),
-        resiliencies: resources.resiliencies,
+        resiliency: Resiliency::from_specs(&resources.resiliencies),
         http_endpoints: resources.http_endpoints,
         secret_scopes,
         app,

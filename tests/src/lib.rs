@@ -1,1 +1,49 @@
+//! Harness for Tandem's end-to-end tests: the real `tandem` binary on free ports, resource
+//! directories, scripted in-process test apps and private `redis-server` instances.
+//!
+//! Every helper picks free ports and temporary directories, so tests never share state.
 #![forbid(unsafe_code)]
+
+mod app;
+mod redis;
+mod sidecar;
+
+pub use app::{RecordedRequest, Reply, TestApp};
+pub use redis::RedisServer;
+pub use sidecar::{ResourcesDir, Sidecar, SidecarBuilder};
+
+use std::time::Duration;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` elapses.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A shared HTTP client for tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .expect("http client")
+}

@@ -257,11 +257,11 @@ mod tests {
             r#"
 kind: Component
 metadata: {name: a}
-spec: {type: state.in-memory, version: v1}
+spec: {type: secretstores.local.env, version: v1}
 ---
 kind: Component
 metadata: {name: b}
-spec: {type: state.in-memory, version: v1}
+spec: {type: secretstores.local.env, version: v1}
 scopes: [someone-else]
 ---
 kind: Widget
@@ -284,7 +284,7 @@ spec: {pubsubname: p, topic: t, route: /t}
         let text = errors[0].to_string();
         assert!(text.contains("c.yaml, document 1"), "{text}");
         assert!(text.contains("spec.type"), "{text}");
-        assert!(text.contains("state.in-memory"), "{text}");
+        assert!(text.contains("secretstores.local.env"), "{text}");
     }
 
     #[test]
@@ -299,7 +299,7 @@ spec: {pubsubname: p, topic: t, route: /t}
     #[test]
     fn duplicates_and_bad_yaml_are_errors() {
         let (_, errors) = load(
-            "kind: Component\nmetadata: {name: a}\nspec: {type: state.in-memory}\n---\nkind: Component\nmetadata: {name: a}\nspec: {type: state.in-memory}\n",
+            "kind: Component\nmetadata: {name: a}\nspec: {type: secretstores.local.env}\n---\nkind: Component\nmetadata: {name: a}\nspec: {type: secretstores.local.env}\n",
         );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("duplicate"));

@@ -1,0 +1,206 @@
+//! Resiliency policies: the Resiliency resources turned into the timeout, retry and
+//! circuit-breaker settings each target uses. One module serves invocation (apps), component
+//! calls (outbound) and pub/sub delivery (inbound).
+
+pub mod retry;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tandem_components::spec::resiliency::{CircuitBreakerSpec, TargetPolicies};
+use tandem_components::spec::ResiliencySpec;
+
+pub use retry::RetryPolicy;
+
+/// The policies that apply to one call path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetPolicy {
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    /// The breaker's settings and its policy name (breakers are shared per name and target).
+    pub circuit_breaker: Option<(String, CircuitBreakerSpec)>,
+}
+
+/// Which building block a component target belongs to, for Dapr's default policy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    Statestore,
+    Pubsub,
+    Secretstore,
+    Binding,
+    Configuration,
+    Lock,
+}
+
+impl ComponentKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            ComponentKind::Statestore => "Statestore",
+            ComponentKind::Pubsub => "Pubsub",
+            ComponentKind::Secretstore => "Secretstore",
+            ComponentKind::Binding => "Binding",
+            ComponentKind::Configuration => "Configuration",
+            ComponentKind::Lock => "Lock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "Inbound",
+            Direction::Outbound => "Outbound",
+        }
+    }
+}
+
+/// All loaded Resiliency resources, merged (the first definition of a name wins).
+#[derive(Debug, Clone, Default)]
+pub struct Resiliency {
+    timeouts: BTreeMap<String, Duration>,
+    retries: BTreeMap<String, RetryPolicy>,
+    circuit_breakers: BTreeMap<String, CircuitBreakerSpec>,
+    apps: BTreeMap<String, TargetPolicies>,
+    components: BTreeMap<String, (TargetPolicies, TargetPolicies)>,
+}
+
+impl Resiliency {
+    pub fn from_specs(specs: &[ResiliencySpec]) -> Self {
+        let mut r = Resiliency::default();
+        for spec in specs {
+            for (name, d) in &spec.timeouts {
+                r.timeouts.entry(name.clone()).or_insert(*d);
+            }
+            for (name, p) in &spec.retries {
+                r.retries
+                    .entry(name.clone())
+                    .or_insert_with(|| RetryPolicy::from_spec(p));
+            }
+            for (name, cb) in &spec.circuit_breakers {
+                r.circuit_breakers
+                    .entry(name.clone())
+                    .or_insert_with(|| cb.clone());
+            }
+            for (id, t) in &spec.apps {
+                r.apps.entry(id.clone()).or_insert_with(|| t.clone());
+            }
+            for (name, t) in &spec.components {
+                r.components
+                    .entry(name.clone())
+                    .or_insert_with(|| (t.inbound.clone(), t.outbound.clone()));
+            }
+        }
+        r
+    }
+
+    /// Policies for invoking app `app_id`: its target, else `DefaultApp*Policy`, else
+    /// `Default*Policy`.
+    pub fn app(&self, app_id: &str) -> TargetPolicy {
+        let target = self.apps.get(app_id);
+        self.resolve(target, &["App", ""])
+    }
+
+    /// Policies for a component call in `direction`, with Dapr's default-name fallbacks
+    /// (`DefaultPubsubComponentInboundRetryPolicy`, `DefaultComponentInboundRetryPolicy`,
+    /// `DefaultComponentRetryPolicy`, `DefaultRetryPolicy`).
+    pub fn component(&self, name: &str, kind: ComponentKind, direction: Direction) -> TargetPolicy {
+        let target = self
+            .components
+            .get(name)
+            .map(|(inbound, outbound)| match direction {
+                Direction::Inbound => inbound,
+                Direction::Outbound => outbound,
+            });
+        let specific = format!("{}Component{}", kind.prefix(), direction.name());
+        let general = format!("Component{}", direction.name());
+        self.resolve(target, &[&specific, &general, "Component", ""])
+    }
+
+    fn resolve(&self, target: Option<&TargetPolicies>, default_infixes: &[&str]) -> TargetPolicy {
+        let named = |explicit: Option<&String>, kind: &str| -> Option<String> {
+            if let Some(name) = explicit {
+                return Some(name.clone());
+            }
+            default_infixes
+                .iter()
+                .map(|infix| format!("Default{infix}{kind}Policy"))
+                .find(|name| self.has_policy(kind, name))
+        };
+        let timeout = named(target.and_then(|t| t.timeout.as_ref()), "Timeout")
+            .and_then(|n| self.timeouts.get(&n).copied());
+        let retry = named(target.and_then(|t| t.retry.as_ref()), "Retry")
+            .and_then(|n| self.retries.get(&n).cloned());
+        let circuit_breaker = named(
+            target.and_then(|t| t.circuit_breaker.as_ref()),
+            "CircuitBreaker",
+        )
+        .and_then(|n| self.circuit_breakers.get(&n).map(|cb| (n, cb.clone())));
+        TargetPolicy {
+            timeout,
+            retry,
+            circuit_breaker,
+        }
+    }
+
+    fn has_policy(&self, kind: &str, name: &str) -> bool {
+        match kind {
+            "Timeout" => self.timeouts.contains_key(name),
+            "Retry" => self.retries.contains_key(name),
+            _ => self.circuit_breakers.contains_key(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_components::spec::resiliency::BackoffKind;
+    use tandem_components::spec::resiliency::RetryPolicySpec;
+
+    fn retry(max: u32) -> RetryPolicySpec {
+        RetryPolicySpec {
+            policy: BackoffKind::Constant,
+            duration: Duration::from_millis(10),
+            max_interval: Duration::from_secs(1),
+            max_retries: Some(max),
+            http_status_codes: None,
+            grpc_status_codes: None,
+        }
+    }
+
+    #[test]
+    fn explicit_targets_win_then_default_names_in_order() {
+        let mut spec = ResiliencySpec::default();
+        spec.retries.insert("mine".into(), retry(1));
+        spec.retries
+            .insert("DefaultComponentInboundRetryPolicy".into(), retry(2));
+        spec.retries.insert("DefaultRetryPolicy".into(), retry(3));
+        spec.timeouts
+            .insert("DefaultTimeoutPolicy".into(), Duration::from_secs(7));
+        spec.components.insert(
+            "orders".into(),
+            tandem_components::spec::resiliency::ComponentTargets {
+                inbound: TargetPolicies {
+                    retry: Some("mine".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let r = Resiliency::from_specs(&[spec]);
+        let inbound = |name| r.component(name, ComponentKind::Pubsub, Direction::Inbound);
+        assert_eq!(inbound("orders").retry.unwrap().max_retries, Some(1));
+        assert_eq!(inbound("other").retry.unwrap().max_retries, Some(2));
+        let outbound = r.component("other", ComponentKind::Statestore, Direction::Outbound);
+        assert_eq!(outbound.retry.unwrap().max_retries, Some(3));
+        assert_eq!(outbound.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(r.app("b").retry.unwrap().max_retries, Some(3));
+        assert!(Resiliency::default().app("b").retry.is_none());
+    }
+}
