@@ -6,5 +6,6 @@ pub mod app;
 pub mod cli;
 pub mod component_set;
 pub mod logging;
+pub mod naming;
 pub mod resiliency;
 pub mod runtime;

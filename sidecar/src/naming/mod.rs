@@ -1,0 +1,3 @@
+//! Finding sidecars by app id.
+
+pub mod local_registry;
