@@ -208,7 +208,7 @@ pub fn format_go_duration(d: Duration) -> String {
             _ => format!("{h}h{m}m{s}s"),
         };
     }
-    if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
+    if d < Duration::from_secs(1) && d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{}ms", d.as_millis());
     }
     format!("{}s", d.as_secs_f64())

@@ -117,10 +117,7 @@ impl SidecarBuilder {
     pub fn spawn(self) -> Sidecar {
         let home = match &self.home {
             Some(h) => h.clone(),
-            None => {
-                let dir = tempfile::tempdir().expect("temp home").keep();
-                dir
-            }
+            None => tempfile::tempdir().expect("temp home").keep(),
         };
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.command_line())
