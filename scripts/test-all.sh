@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test: formatting, lints, unit and end-to-end tests (the real binary against real
-# servers and the official Dapr SDKs), and the benchmark suite's smoke run.
+# Every test: formatting, lints, the benchmark suite's smoke run, then unit and end-to-end
+# tests (the real binary against real servers and the official Dapr SDKs), ending with one
+# summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,16 @@ scripts/install-test-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
 if [ -f bench/Cargo.toml ]; then
   cargo run --release -q -p tandem-bench -- all --quick
 fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
