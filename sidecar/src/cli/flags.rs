@@ -20,7 +20,8 @@ pub struct SidecarArgs {
     #[arg(long, short = 'p')]
     pub app_port: Option<u16>,
 
-    /// The protocol of the app channel (http; https is accepted and uses TLS without verification).
+    /// The protocol of the app channel: http, or h2c (HTTP/2 without TLS). https and gRPC are
+    /// refused at start-up.
     #[arg(long, short = 'P', default_value = "http", value_parser = ["http", "https", "h2c", "grpc", "grpcs"])]
     pub app_protocol: String,
 
@@ -95,7 +96,8 @@ pub struct SidecarArgs {
     #[arg(long, default_value_t = 5)]
     pub dapr_graceful_shutdown_seconds: u64,
 
-    /// Port of the Prometheus metrics endpoint [default: 9090].
+    /// Metrics port, passed on to the app as DAPR_METRICS_PORT [default: 9090]. Tandem does not
+    /// serve Prometheus metrics yet.
     #[arg(long, short = 'M')]
     pub metrics_port: Option<u16>,
 
