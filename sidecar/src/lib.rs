@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod component_set;
 pub mod logging;
+pub mod metrics;
 pub mod naming;
 pub mod resiliency;
 pub mod runtime;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppChannel, AppChannelConfig, HealthCheck};
 use crate::cli::flags::SidecarArgs;
 use crate::component_set::{ComponentSet, ComponentSetError};
+use crate::metrics::Metrics;
 use crate::resiliency::Resiliency;
 
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,6 +59,8 @@ pub struct Settings {
     pub app: Option<AppChannelConfig>,
     pub app_protocol: String,
     pub namespace: Option<String>,
+    /// `(address, port)` of the metrics endpoint, when enabled.
+    pub metrics: Option<(String, u16)>,
 }
 
 impl Settings {
@@ -95,6 +98,15 @@ impl Settings {
             app,
             app_protocol: args.app_protocol.clone(),
             namespace: non_empty_env("NAMESPACE"),
+            metrics: args.enable_metrics.then(|| {
+                (
+                    args.metrics_listen_address
+                        .clone()
+                        .unwrap_or_else(|| "0.0.0.0".to_string()),
+                    args.metrics_port
+                        .unwrap_or(crate::cli::flags::DEFAULT_METRICS_PORT),
+                )
+            }),
         })
     }
 }
@@ -114,6 +126,7 @@ pub struct Runtime {
     app_ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub started: Instant,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
@@ -214,6 +227,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         .flat_map(|c| c.secret_scopes.clone())
         .collect();
     let app = settings.app.clone().map(|c| Arc::new(AppChannel::new(c)));
+    let settings_app_id = settings.app_id.clone();
     Ok(Arc::new(Runtime {
         settings,
         components,
@@ -227,6 +241,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         app_ready: AtomicBool::new(false),
         shutdown: CancellationToken::new(),
         started,
+        metrics: Arc::new(Metrics::new(&settings_app_id)),
     }))
 }
 
@@ -279,6 +294,25 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
             });
+        }
+    }
+    if let Some((addr, port)) = &settings.metrics {
+        // Several sidecars on one machine would all want 9090: a taken port costs the
+        // metrics endpoint, not the sidecar.
+        match bind_all(std::slice::from_ref(addr), *port).await {
+            Ok(listeners) => {
+                for listener in listeners {
+                    let router = rt.metrics.clone().router();
+                    let stop = rt.shutdown.clone();
+                    servers.spawn(async move {
+                        let _ = axum::serve(listener, router)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await;
+                    });
+                }
+                tracing::info!("metrics served on {addr}:{port}/metrics");
+            }
+            Err(e) => tracing::warn!("metrics endpoint disabled: {e}"),
         }
     }
     rt.outbound_ready.store(true, Ordering::Release);

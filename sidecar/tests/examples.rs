@@ -28,6 +28,10 @@ async fn hello_python_runs_on_the_embedded_defaults() {
     .expect("example finishes")
     .expect("tandem runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("== APP == counter is now 1"), "{text}");
 }

@@ -47,6 +47,7 @@ pub struct SidecarBuilder {
     binary: PathBuf,
     app_id: String,
     http_port: u16,
+    metrics_port: u16,
     app_port: Option<u16>,
     resources: Vec<PathBuf>,
     args: Vec<String>,
@@ -102,6 +103,8 @@ impl SidecarBuilder {
             self.http_port.to_string(),
             "--dapr-listen-addresses".into(),
             "127.0.0.1".into(),
+            "--metrics-port".into(),
+            self.metrics_port.to_string(),
         ];
         if let Some(p) = self.app_port {
             args.extend(["--app-port".into(), p.to_string()]);
@@ -162,6 +165,7 @@ impl SidecarBuilder {
         Sidecar {
             child,
             http_port: self.http_port,
+            metrics_port: self.metrics_port,
             app_id: self.app_id,
             logs,
         }
@@ -179,6 +183,7 @@ impl SidecarBuilder {
 pub struct Sidecar {
     child: Child,
     pub http_port: u16,
+    pub metrics_port: u16,
     pub app_id: String,
     logs: Arc<Mutex<String>>,
 }
@@ -189,6 +194,7 @@ impl Sidecar {
             binary: binary.into(),
             app_id: "testapp".into(),
             http_port: free_port(),
+            metrics_port: free_port(),
             app_port: None,
             resources: Vec::new(),
             args: Vec::new(),

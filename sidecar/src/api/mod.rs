@@ -40,6 +40,10 @@ fn finish(routes: Router<Arc<Runtime>>, rt: Arc<Runtime>) -> Router {
     let limit = rt.settings.body_limit;
     let token = rt.settings.api_token.clone();
     routes
+        .layer(middleware::from_fn_with_state(
+            rt.metrics.clone(),
+            crate::metrics::record_request,
+        ))
         .layer(middleware::from_fn_with_state(limit, body::limit_body))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(

@@ -96,10 +96,17 @@ pub struct SidecarArgs {
     #[arg(long, default_value_t = 5)]
     pub dapr_graceful_shutdown_seconds: u64,
 
-    /// Metrics port, passed on to the app as DAPR_METRICS_PORT [default: 9090]. Tandem does not
-    /// serve Prometheus metrics yet.
+    /// Port of the Prometheus endpoint `GET /metrics` [default: 9090].
     #[arg(long, short = 'M')]
     pub metrics_port: Option<u16>,
+
+    /// Serve Prometheus metrics on --metrics-port.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    pub enable_metrics: bool,
+
+    /// Address the metrics endpoint listens on [default: all interfaces].
+    #[arg(long)]
+    pub metrics_listen_address: Option<String>,
 
     /// standalone or kubernetes.
     #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
@@ -130,10 +137,6 @@ pub struct AcceptedFlags {
     pub sentry_address: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub enable_mtls: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_metrics: Option<String>,
-    #[arg(long, hide = true)]
-    pub metrics_listen_address: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub enable_profiling: Option<String>,
     #[arg(long, hide = true)]
