@@ -695,7 +695,7 @@ impl Planner {
         if !path.exists() {
             return Err(self.err(field, format!("{} does not exist", path.display())));
         }
-        Ok(Some(path))
+        Ok(Some(std::fs::canonicalize(&path).unwrap_or(path)))
     }
 }
 
@@ -796,11 +796,9 @@ apps:
         let b = &t.apps[1];
         assert_eq!(b.app_id, "b", "named after its directory");
         assert!(b.command.is_empty());
-        assert!(b
-            .sidecar_flags
-            .windows(2)
-            .any(|w| w[0] == "--resources-path"
-                && w[1] == dir.path().join("./shared").display().to_string()));
+        assert!(b.sidecar_flags.windows(2).any(
+            |w| w[0] == "--resources-path" && w[1] == root.join("shared").display().to_string()
+        ));
         assert_eq!(b.daprd_log, LogDestination::File);
         assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     }
