@@ -233,23 +233,23 @@ async fn stop_signals_the_sidecar_or_the_cli_that_started_it() {
 }
 
 #[tokio::test]
-async fn stop_with_a_run_file_stops_every_app_of_the_template() {
+async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
     let env = Env::new();
     let dir = env.dir.path();
-    for app in ["front", "back"] {
-        std::fs::create_dir_all(dir.join(app)).unwrap();
-    }
+    let apps = ["front", "middle", "back"];
     std::fs::create_dir_all(dir.join("resources")).unwrap();
     std::fs::create_dir_all(dir.join("home")).unwrap();
-    let ports = [free_port(), free_port()];
-    std::fs::write(
-        dir.join("dapr.yaml"),
-        format!(
-            "version: 1\ncommon:\n  resourcesPath: ./resources\napps:\n  - appDirPath: front\n    daprHTTPPort: {}\n    command: [\"sleep\", \"600\"]\n  - appDirPath: back\n    daprHTTPPort: {}\n    command: [\"sleep\", \"600\"]\n",
-            ports[0], ports[1]
-        ),
-    )
-    .unwrap();
+    let mut yaml = String::from("version: 1\ncommon:\n  resourcesPath: ./resources\napps:\n");
+    let mut ports = Vec::new();
+    for app in apps {
+        std::fs::create_dir_all(dir.join(app)).unwrap();
+        let port = free_port();
+        ports.push(port);
+        yaml.push_str(&format!(
+            "  - appDirPath: {app}\n    daprHTTPPort: {port}\n    command: [\"sleep\", \"600\"]\n"
+        ));
+    }
+    std::fs::write(dir.join("dapr.yaml"), yaml).unwrap();
     let mut run = Command::new(env.dir.path().join("dapr"))
         .args(["run", "-f", dir.to_str().unwrap()])
         .env("TANDEM_REGISTRY_DIR", env.registry_dir())
@@ -261,9 +261,10 @@ async fn stop_with_a_run_file_stops_every_app_of_the_template() {
         .spawn()
         .unwrap();
     let run_pid = run.id().unwrap();
-    // Wait until both sidecars carry the CLI's pid, then register them (sidecars that register
+    // Wait until every sidecar carries the CLI's pid, then register them (sidecars that register
     // themselves simply overwrite the same entry).
-    for (app_id, port) in [("front", ports[0]), ("back", ports[1])] {
+    let mut sidecar_pids = Vec::new();
+    for (app_id, port) in apps.iter().zip(&ports) {
         let meta_url = format!("http://127.0.0.1:{port}/v1.0/metadata");
         let ready = eventually(Duration::from_secs(60), || async {
             match http().get(&meta_url).send().await {
@@ -277,10 +278,12 @@ async fn stop_with_a_run_file_stops_every_app_of_the_template() {
         .await;
         assert!(ready, "{app_id} started");
         let sidecar_pid = children_with_arg(run_pid, app_id);
-        env.register(app_id, sidecar_pid, port, None);
+        sidecar_pids.push(sidecar_pid);
+        env.register(app_id, sidecar_pid, *port, None);
     }
     let out = env.cli("tandem", &["list", "-o", "json"]).await;
     let list: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
     for item in list.as_array().unwrap() {
         assert_eq!(item["cliPid"], run_pid);
         assert_eq!(item["command"], "sleep 600");
@@ -290,20 +293,38 @@ async fn stop_with_a_run_file_stops_every_app_of_the_template() {
             .ends_with("dapr.yaml"));
     }
 
+    // One app of several: only its sidecar is stopped (and with it its app); the run goes on.
+    let out = env.cli("dapr", &["stop", "--app-id", "front"]).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !alive(sidecar_pids[0])
+        })
+        .await,
+        "front's sidecar stopped"
+    );
+    assert!(alive(sidecar_pids[1]) && alive(sidecar_pids[2]));
+    assert!(run.try_wait().unwrap().is_none(), "the run goes on");
+
+    // The template: front is gone already; middle's sidecar, then the CLI for the last one.
     let out = env
         .cli(
             "dapr",
             &["stop", "-f", dir.join("dapr.yaml").to_str().unwrap()],
         )
         .await;
-    assert!(out.ok, "{out:?}");
-    assert!(out.stdout.contains("app stopped successfully: front"));
+    assert!(!out.ok, "front is no longer running: {out:?}");
+    assert!(out.stderr.contains("couldn't find app id front"), "{out:?}");
+    assert!(out.stdout.contains("app stopped successfully: middle"));
     assert!(out.stdout.contains("app stopped successfully: back"));
     let status = tokio::time::timeout(Duration::from_secs(60), run.wait())
         .await
         .expect("run -f exits after stop")
         .unwrap();
     assert!(status.success(), "{status}");
+    for pid in sidecar_pids {
+        assert!(!alive(pid));
+    }
 }
 
 /// The pid of the child of `parent` whose command line contains `--app-id <app_id>`.

@@ -1,16 +1,17 @@
 //! `tandem stop` / `dapr stop`: stop running apps by app id or by run template.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use nix::sys::signal::Signal;
 
-use super::instances;
+use super::instances::{self, Instance};
 use super::sidecar_http::SidecarHttp;
 use super::supervisor::signal_pid;
 use super::template;
+use crate::naming::local_registry::process_alive;
 
 #[derive(Debug, Clone, Args)]
 pub struct StopArgs {
@@ -39,10 +40,18 @@ pub async fn run(args: StopArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let client = SidecarHttp::new();
-    let mut signalled: HashSet<u32> = HashSet::new();
+    let all = instances::list(&client).await;
+    // How many running apps each CLI process supervises (a multi-app run has several).
+    let mut apps_per_cli: HashMap<u32, usize> = HashMap::new();
+    for i in all
+        .iter()
+        .filter(|i| i.cli_pid > 0 && process_alive(i.cli_pid))
+    {
+        *apps_per_cli.entry(i.cli_pid).or_default() += 1;
+    }
     let mut failed = false;
     for app_id in &app_ids {
-        match stop_app(&client, app_id, &mut signalled).await {
+        match stop_app(&all, app_id, &mut apps_per_cli) {
             Ok(()) => println!("✅  app stopped successfully: {app_id}"),
             Err(message) => {
                 eprintln!("❌  failed to stop app id {app_id}: {message}");
@@ -57,28 +66,28 @@ pub async fn run(args: StopArgs) -> ExitCode {
     }
 }
 
-/// SIGTERM to the CLI that started the app (it then stops app and sidecar in order), else to the
-/// sidecar itself. A process already signalled (apps of one template share their CLI) is skipped.
-async fn stop_app(
-    client: &SidecarHttp,
+/// As the Dapr CLI decides: SIGTERM to the CLI that started the app when it supervises only
+/// this app (it then stops app and sidecar in order), else to the sidecar alone (the CLI then
+/// stops that app and keeps the template's other apps running). Stopping the last app of a
+/// multi-app run thus ends its CLI.
+fn stop_app(
+    all: &[Instance],
     app_id: &str,
-    signalled: &mut HashSet<u32>,
+    apps_per_cli: &mut HashMap<u32, usize>,
 ) -> Result<(), String> {
-    let found = instances::find(client, app_id).await;
+    let found: Vec<&Instance> = all.iter().filter(|i| i.app_id == app_id).collect();
     if found.is_empty() {
         return Err(format!("couldn't find app id {app_id}"));
     }
     for instance in found {
-        let pid = if instance.cli_pid > 0
-            && crate::naming::local_registry::process_alive(instance.cli_pid)
-        {
-            instance.cli_pid
-        } else {
-            instance.daprd_pid
+        let pid = match apps_per_cli.get_mut(&instance.cli_pid) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                instance.daprd_pid
+            }
+            Some(_) => instance.cli_pid,
+            None => instance.daprd_pid,
         };
-        if !signalled.insert(pid) {
-            continue;
-        }
         signal_pid(pid, Signal::SIGTERM)
             .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
     }
