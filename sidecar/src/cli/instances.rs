@@ -41,20 +41,22 @@ impl Instance {
 
 /// Every live sidecar, sorted by app id.
 pub async fn list(client: &SidecarHttp) -> Vec<Instance> {
-    let entries = LocalRegistry::from_env().list();
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        out.push(describe(client, entry).await);
-    }
-    out
+    describe_all(client, LocalRegistry::from_env().list()).await
 }
 
 /// The live sidecars of one app id.
 pub async fn find(client: &SidecarHttp, app_id: &str) -> Vec<Instance> {
-    let entries = LocalRegistry::from_env().lookup(app_id);
+    describe_all(client, LocalRegistry::from_env().lookup(app_id)).await
+}
+
+/// One instance per sidecar process, even if it was registered more than once.
+async fn describe_all(client: &SidecarHttp, entries: Vec<RegistryEntry>) -> Vec<Instance> {
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
-        out.push(describe(client, entry).await);
+        if seen.insert(entry.pid) {
+            out.push(describe(client, entry).await);
+        }
     }
     out
 }

@@ -15,8 +15,8 @@ use crate::naming::local_registry::process_alive;
 
 #[derive(Debug, Clone, Args)]
 pub struct StopArgs {
-    /// The app id to stop; repeatable.
-    #[arg(long, short = 'a')]
+    /// The app id to stop; repeatable or comma-separated.
+    #[arg(long, short = 'a', value_delimiter = ',')]
     pub app_id: Vec<String>,
 
     /// Stop every app of this run template (a file, or a directory holding dapr.yaml).
