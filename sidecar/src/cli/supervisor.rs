@@ -17,7 +17,7 @@ use super::output::{Forwarder, LogTarget};
 use super::sidecar_http::{api_base, SidecarHttp};
 
 /// How long the CLI waits for a sidecar's outbound health after starting it.
-pub const SIDECAR_START_LIMIT: Duration = Duration::from_secs(60);
+pub const SIDECAR_START_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long output still being written after a process exited may take to reach its destination.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
