@@ -264,6 +264,7 @@ async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
     // Wait until every sidecar carries the CLI's pid, then register them (sidecars that register
     // themselves simply overwrite the same entry).
     let mut sidecar_pids = Vec::new();
+    let mut app_pids = Vec::new();
     for (app_id, port) in apps.iter().zip(&ports) {
         let meta_url = format!("http://127.0.0.1:{port}/v1.0/metadata");
         let ready = eventually(Duration::from_secs(60), || async {
@@ -277,6 +278,20 @@ async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
         })
         .await;
         assert!(ready, "{app_id} started");
+        let meta: Value = http()
+            .get(&meta_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let app_pid: u32 = meta["extended"]["appPID"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        app_pids.push(app_pid);
         let sidecar_pid = children_with_arg(run_pid, app_id);
         sidecar_pids.push(sidecar_pid);
         env.register(app_id, sidecar_pid, *port, None);
@@ -303,7 +318,12 @@ async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
         .await,
         "front's sidecar stopped"
     );
+    assert!(
+        eventually(Duration::from_secs(30), || async { !alive(app_pids[0]) }).await,
+        "front's app stopped with it"
+    );
     assert!(alive(sidecar_pids[1]) && alive(sidecar_pids[2]));
+    assert!(alive(app_pids[1]) && alive(app_pids[2]));
     assert!(run.try_wait().unwrap().is_none(), "the run goes on");
 
     // The template: front is gone already; middle's sidecar, then the CLI for the last one.
@@ -322,8 +342,8 @@ async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
         .expect("run -f exits after stop")
         .unwrap();
     assert!(status.success(), "{status}");
-    for pid in sidecar_pids {
-        assert!(!alive(pid));
+    for pid in sidecar_pids.into_iter().chain(app_pids) {
+        assert!(!alive(pid), "process {pid} still running");
     }
 }
 

@@ -236,20 +236,35 @@ impl AppInstance {
                 code
             }
             Outcome::SidecarExited(status) => {
-                println!(
-                    "❌  The daprd process{} exited with error code: {}",
-                    self.spec
-                        .label
-                        .as_ref()
-                        .map(|id| format!(" of \"{id}\""))
-                        .unwrap_or_default(),
-                    exit_code(status)
-                );
+                let code = exit_code(status);
+                let stopped_cleanly = match &self.spec.label {
+                    // In a multi-app run `stop --app-id` ends one app by stopping its sidecar.
+                    Some(id) if code == 0 => {
+                        println!("ℹ️  Dapr \"{id}\" stopped: stopping its app");
+                        true
+                    }
+                    _ => {
+                        println!(
+                            "❌  The daprd process{} exited with error code: {code}",
+                            self.spec
+                                .label
+                                .as_ref()
+                                .map(|id| format!(" of \"{id}\""))
+                                .unwrap_or_default(),
+                        );
+                        false
+                    }
+                };
                 if let Some(child) = self.app.as_mut() {
                     stop_child(child, Signal::SIGTERM, grace).await;
                 }
                 self.drain_app_output().await;
-                exit_code(status).max(1)
+                if stopped_cleanly {
+                    println!("✅  Exited {} successfully", self.spec.named("App"));
+                    0
+                } else {
+                    code.max(1)
+                }
             }
             Outcome::Signal(sig) => {
                 let mut code = 0;
