@@ -119,6 +119,9 @@ impl AppInstance {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C reaches the CLI (and the app), not the
+            // sidecar, which the CLI stops after the app so the app can still use it meanwhile.
+            .process_group(0)
             .kill_on_drop(true);
         let mut sidecar = cmd
             .spawn()
@@ -176,6 +179,11 @@ impl AppInstance {
             }
             if let Some(dir) = &spec.app_dir {
                 cmd.current_dir(dir);
+            }
+            if !spec.inherit_stdin {
+                // Apps that do not read the terminal get the CLI's forwarded signal only, once.
+                // (One that does must stay in the terminal's foreground group to read it.)
+                cmd.process_group(0);
             }
             let command = spec.command.join(" ");
             // On failure `instance` is dropped, which kills the sidecar (kill_on_drop).
