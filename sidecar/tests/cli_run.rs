@@ -113,6 +113,25 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Processes whose command line or working directory mentions `dir` (this test's own temporary
+/// directory): what a run left behind, even after being re-parented.
+fn processes_using(dir: &Path) -> Vec<u32> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) || cwd.starts_with(&dir) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
@@ -225,6 +244,10 @@ async fn multi_app_run_starts_every_app_prefixes_output_and_stops_all_on_ctrl_c(
     let children = children_of(run.pid());
     assert!(children.contains(&app_pid), "the app is the CLI's child");
     assert_eq!(children.len(), 4, "two sidecars and two apps");
+    assert!(
+        processes_using(t.dir.path()).len() >= 4,
+        "the leftover check sees them"
+    );
 
     // beta's sidecar logs go to its file only; its app output to both.
     let logs = t.dir.path().join("beta/.dapr/logs");
@@ -253,6 +276,7 @@ async fn multi_app_run_starts_every_app_prefixes_output_and_stops_all_on_ctrl_c(
     for pid in children {
         assert!(!alive(pid), "process {pid} still running after Ctrl-C");
     }
+    assert!(processes_using(t.dir.path()).is_empty());
     assert!(!app_answers(t.alpha_port, "alpha from-common").await);
 }
 
@@ -281,13 +305,12 @@ apps:
     let env = env_for(dir.path());
     let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let mut run = Running::start(&["run", "-f", file.to_str().unwrap()], &env);
-    let pid = run.pid();
     let status = run.wait().await;
     let out = run.output();
     assert!(status.success(), "{out}");
     assert!(out.contains("== APP - one == first one in one"), "{out}");
     assert!(out.contains("== APP - two == second two"), "{out}");
-    assert!(children_of(pid).is_empty());
+    assert!(processes_using(dir.path()).is_empty());
 }
 
 #[tokio::test]
@@ -380,4 +403,32 @@ async fn single_app_run_prefixes_output_and_exits_with_the_apps_code() {
         "{out}"
     );
     assert!(out.contains("✅  Exited Dapr successfully"), "{out}");
+}
+
+#[tokio::test]
+async fn multi_app_run_fails_cleanly_when_an_app_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["good", "bad"] {
+        std::fs::create_dir_all(dir.path().join(app)).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("resources")).unwrap();
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    std::fs::write(
+        dir.path().join("dapr.yaml"),
+        "version: 1\ncommon:\n  resourcesPath: ./resources\napps:\n  - appDirPath: good\n    command: [\"sleep\", \"600\"]\n  - appDirPath: bad\n    command: [\"no-such-program-for-tandem\"]\n",
+    )
+    .unwrap();
+    let env = env_for(dir.path());
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let mut run = Running::start(&["run", "-f", dir.path().to_str().unwrap()], &env);
+    let status = run.wait().await;
+    let out = run.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("no-such-program-for-tandem"), "{out}");
+    // The app that did start was stopped with its sidecar.
+    assert!(
+        out.contains("✅  Exited App \"good\" successfully"),
+        "{out}"
+    );
+    assert!(processes_using(dir.path()).is_empty());
 }

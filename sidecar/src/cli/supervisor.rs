@@ -186,11 +186,14 @@ impl AppInstance {
                 cmd.process_group(0);
             }
             let command = spec.command.join(" ");
-            // On failure `instance` is dropped, which kills the sidecar (kill_on_drop).
-            let mut child = cmd.spawn().map_err(|source| SupervisorError::SpawnApp {
-                command: command.clone(),
-                source,
-            })?;
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(source) => {
+                    // Stop the sidecar cleanly (it unregisters itself) rather than kill it.
+                    stop_child(&mut instance.sidecar, Signal::SIGTERM, spec.grace).await;
+                    return Err(SupervisorError::SpawnApp { command, source });
+                }
+            };
             instance.app_output = Some(Forwarder::start(
                 child.stdout.take(),
                 child.stderr.take(),
