@@ -1,15 +1,30 @@
-//! The command line: `tandem sidecar`, `tandem run`, and the `daprd` / `dapr` personalities
-//! selected by the name the binary is invoked under (`ln -s tandem daprd`).
+//! The command line: `tandem sidecar`, `tandem run`, `list`, `stop`, `invoke`, `publish`, and
+//! the `daprd` / `dapr` personalities selected by the name the binary is invoked under
+//! (`ln -s tandem daprd`).
 
 pub mod flags;
+pub mod instances;
+pub mod invoke;
+pub mod list;
+pub mod multi_run;
+pub mod output;
+pub mod publish;
 pub mod run;
+pub mod sidecar_http;
+pub mod stop;
+pub mod supervisor;
+pub mod template;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use flags::SidecarArgs;
+use invoke::InvokeArgs;
+use list::ListArgs;
+use publish::PublishArgs;
 use run::RunArgs;
+use stop::StopArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,8 +41,16 @@ struct TandemCli {
 enum TandemCommand {
     /// Run the sidecar process (what `daprd` does).
     Sidecar(SidecarArgs),
-    /// Run an app with a sidecar beside it (what `dapr run` does).
+    /// Run an app with a sidecar beside it (what `dapr run` does); `-f` runs a multi-app template.
     Run(RunArgs),
+    /// List the running sidecars.
+    List(ListArgs),
+    /// Stop running apps (and their sidecars).
+    Stop(StopArgs),
+    /// Invoke a method of a running app.
+    Invoke(InvokeArgs),
+    /// Publish an event through a running app's sidecar.
+    Publish(PublishArgs),
 }
 
 /// `daprd [flags]`.
@@ -46,16 +69,30 @@ struct DaprCli {
     command: DaprCommand,
 }
 
+// Parsed once and moved out at start-up: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum DaprCommand {
-    /// Run an app with a sidecar beside it.
+    /// Run an app with a sidecar beside it; `-f` runs a multi-app template.
     Run(RunArgs),
+    /// List the running sidecars.
+    List(ListArgs),
+    /// Stop running apps (and their sidecars).
+    Stop(StopArgs),
+    /// Invoke a method of a running app.
+    Invoke(InvokeArgs),
+    /// Publish an event through a running app's sidecar.
+    Publish(PublishArgs),
 }
 
 /// What the process was asked to do.
 enum Invocation {
     Sidecar(SidecarArgs),
     Run(RunArgs),
+    List(ListArgs),
+    Stop(StopArgs),
+    Invoke(InvokeArgs),
+    Publish(PublishArgs),
 }
 
 fn program_name() -> String {
@@ -75,6 +112,10 @@ fn parse() -> Invocation {
         "daprd" => Invocation::Sidecar(DaprdCli::parse_from(flags::normalize_go_flags(args)).args),
         "dapr" => match DaprCli::parse_from(args).command {
             DaprCommand::Run(a) => Invocation::Run(a),
+            DaprCommand::List(a) => Invocation::List(a),
+            DaprCommand::Stop(a) => Invocation::Stop(a),
+            DaprCommand::Invoke(a) => Invocation::Invoke(a),
+            DaprCommand::Publish(a) => Invocation::Publish(a),
         },
         _ => {
             let is_sidecar = args.get(1).map(String::as_str) == Some("sidecar");
@@ -86,6 +127,10 @@ fn parse() -> Invocation {
             match TandemCli::parse_from(args).command {
                 TandemCommand::Sidecar(a) => Invocation::Sidecar(a),
                 TandemCommand::Run(a) => Invocation::Run(a),
+                TandemCommand::List(a) => Invocation::List(a),
+                TandemCommand::Stop(a) => Invocation::Stop(a),
+                TandemCommand::Invoke(a) => Invocation::Invoke(a),
+                TandemCommand::Publish(a) => Invocation::Publish(a),
             }
         }
     }
@@ -115,5 +160,9 @@ pub fn main() -> ExitCode {
             }
         }
         Invocation::Run(args) => runtime.block_on(run::run(args)),
+        Invocation::List(args) => runtime.block_on(list::run(args)),
+        Invocation::Stop(args) => runtime.block_on(stop::run(args)),
+        Invocation::Invoke(args) => runtime.block_on(invoke::run(args)),
+        Invocation::Publish(args) => runtime.block_on(publish::run(args)),
     }
 }

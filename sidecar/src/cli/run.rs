@@ -1,22 +1,27 @@
 //! `tandem run` / `dapr run`: start a sidecar, then the app beside it, stream both outputs, and
-//! stop the sidecar when the app exits, exiting with the app's code.
+//! stop the sidecar when the app exits, exiting with the app's code. With `-f` it runs a
+//! multi-app template instead (see `multi_run`).
 
-use std::process::{ExitCode, Stdio};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
 
 use super::flags::{SidecarArgs, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT};
+use super::output::LogTarget;
+use super::supervisor::{termination_signal, AppInstance, AppSpec, SupervisorError};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub sidecar: SidecarArgs,
+
+    /// Run every app of a multi-app run template (a file, or a directory holding dapr.yaml).
+    #[arg(long = "run-file", short = 'f', value_name = "PATH")]
+    pub run_file: Option<PathBuf>,
 
     /// The app's command line (after `--`).
     #[arg(
@@ -29,17 +34,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Error)]
 enum RunError {
-    #[error("cannot find the tandem executable: {0}")]
-    Executable(std::io::Error),
-    #[error("cannot start the sidecar: {0}")]
-    SpawnSidecar(std::io::Error),
-    #[error("cannot start the app {command:?}: {source}")]
-    SpawnApp {
-        command: String,
-        source: std::io::Error,
-    },
-    #[error("the sidecar exited before it was ready ({0})")]
-    SidecarExited(std::process::ExitStatus),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
     #[error("no free port: {0}")]
     Port(std::io::Error),
 }
@@ -73,7 +69,23 @@ fn choose_port(given: Option<u16>, default: u16) -> Result<u16, RunError> {
     }
 }
 
-fn random_app_id() -> String {
+/// A free port not handed out yet to another app of the same run (the sidecars bind them only
+/// when they start, so the operating system alone cannot tell).
+pub fn free_port_except(taken: &mut HashSet<u16>) -> std::io::Result<u16> {
+    // Bounded: the kernel hands out ephemeral ports round-robin, so repeats are rare.
+    for _ in 0..64 {
+        let port = free_port()?;
+        if taken.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no unused free port found in 64 attempts",
+    ))
+}
+
+pub fn random_app_id() -> String {
     const ADJECTIVES: &[&str] = &[
         "brave", "calm", "eager", "gentle", "lively", "quiet", "swift",
     ];
@@ -89,93 +101,10 @@ fn random_app_id() -> String {
     )
 }
 
-fn forward_lines(stream: impl AsyncRead + Unpin + Send + 'static, prefix: &'static str) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("{prefix}{line}");
-        }
-    });
-}
-
-async fn wait_outbound_ready(port: u16, sidecar: &mut Child) -> Result<(), RunError> {
-    let url = format!("127.0.0.1:{port}");
-    loop {
-        if let Some(status) = sidecar.try_wait().map_err(RunError::SpawnSidecar)? {
-            return Err(RunError::SidecarExited(status));
-        }
-        if healthz_outbound(&url).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A bare HTTP/1.1 probe of `/v1.0/healthz/outbound` (no client library needed for one request).
-async fn healthz_outbound(addr: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    let request =
-        format!("GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.1 204")
-}
-
-async fn put_metadata(addr: &str, key: &str, value: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return;
-    };
-    let mut request = format!(
-        "PUT /v1.0/metadata/{key} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
-        value.len()
-    );
-    if let Ok(token) = std::env::var("DAPR_API_TOKEN") {
-        request.push_str(&format!("dapr-api-token: {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(value);
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut sink = Vec::new();
-    let _ = stream.read_to_end(&mut sink).await;
-}
-
-fn signal_child(child: &Child, signal: Signal) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = kill(Pid::from_raw(pid), signal);
-    }
-}
-
-/// Sends SIGTERM and waits; kills the process if it does not exit within `grace`.
-async fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    signal_child(child, Signal::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            let _ = child.kill().await;
-            child.wait().await.ok()
-        }
-    }
-}
-
-fn exit_code(status: Option<std::process::ExitStatus>) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => u8::try_from(code).unwrap_or(1),
-            (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
-            _ => 1,
-        },
-        None => 1,
-    }
-}
-
 pub async fn run(args: RunArgs) -> ExitCode {
+    if let Some(path) = &args.run_file {
+        return super::multi_run::run(path).await;
+    }
     match run_inner(args).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -196,8 +125,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, RunError> {
     let grpc_port = choose_port(sc.accepted.dapr_grpc_port, DEFAULT_GRPC_PORT)?;
     let metrics_port = choose_port(sc.metrics_port, DEFAULT_METRICS_PORT)?;
 
-    let mut sidecar_args = vec!["sidecar".to_string()];
-    sidecar_args.extend(sidecar_flag_words(args.command.len()));
+    let mut sidecar_args = sidecar_flag_words(args.command.len());
     if sc.app_id.is_empty() {
         sidecar_args.extend(["--app-id".into(), app_id.clone()]);
     }
@@ -210,133 +138,32 @@ async fn run_inner(args: RunArgs) -> Result<u8, RunError> {
             sidecar_args.extend([flag.to_string(), port.to_string()]);
         }
     }
-    let exe = std::env::current_exe().map_err(RunError::Executable)?;
-    println!("ℹ️  Starting Dapr with id {app_id}. HTTP Port: {http_port}. gRPC Port: {grpc_port}");
-    let mut sidecar = Command::new(exe)
-        .args(&sidecar_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(RunError::SpawnSidecar)?;
-    if let Some(out) = sidecar.stdout.take() {
-        forward_lines(out, "");
-    }
-    if let Some(err) = sidecar.stderr.take() {
-        forward_lines(err, "");
-    }
-    wait_outbound_ready(http_port, &mut sidecar).await?;
-    println!(
-        "✅  Started Dapr with app id \"{app_id}\". HTTP Port: {http_port}. gRPC Port: {grpc_port}"
-    );
-    let api_addr = format!("127.0.0.1:{http_port}");
-    put_metadata(&api_addr, "cliPID", &std::process::id().to_string()).await;
-
-    let mut app = match args.command.split_first() {
-        None => None,
-        Some((program, rest)) => {
-            let mut cmd = Command::new(program);
-            cmd.args(rest)
-                .env("APP_ID", &app_id)
-                .env("APP_PROTOCOL", &sc.app_protocol)
-                .env("DAPR_HTTP_PORT", http_port.to_string())
-                .env("DAPR_GRPC_PORT", grpc_port.to_string())
-                .env("DAPR_METRICS_PORT", metrics_port.to_string())
-                .stdin(Stdio::inherit())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            if let Some(port) = sc.app_port {
-                cmd.env("APP_PORT", port.to_string());
-            }
-            if sc.app_channel_address != "127.0.0.1" {
-                cmd.env("APP_CHANNEL_ADDRESS", &sc.app_channel_address);
-            }
-            let mut child = cmd.spawn().map_err(|source| RunError::SpawnApp {
-                command: args.command.join(" "),
-                source,
-            })?;
-            if let Some(out) = child.stdout.take() {
-                forward_lines(out, "== APP == ");
-            }
-            if let Some(err) = child.stderr.take() {
-                forward_lines(err, "== APP == ");
-            }
-            if let Some(pid) = child.id() {
-                put_metadata(&api_addr, "appPID", &pid.to_string()).await;
-            }
-            put_metadata(&api_addr, "appCommand", &args.command.join(" ")).await;
-            Some(child)
-        }
+    let spec = AppSpec {
+        app_id,
+        sidecar_args,
+        http_port,
+        grpc_port,
+        metrics_port,
+        app_port: sc.app_port,
+        app_protocol: sc.app_protocol.clone(),
+        app_channel_address: sc.app_channel_address.clone(),
+        command: args.command.clone(),
+        app_dir: None,
+        env: Vec::new(),
+        inherit_stdin: true,
+        app_output: LogTarget::console("== APP == "),
+        sidecar_output: LogTarget::console(""),
+        metadata: Vec::new(),
+        grace: sc.graceful_shutdown() + Duration::from_secs(5),
+        label: None,
     };
+    let instance = AppInstance::start(spec).await?;
     println!("✅  You're up and running! Both Dapr and your app logs will appear here.");
-
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::SpawnSidecar)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::SpawnSidecar)?;
-    let grace = sc.graceful_shutdown() + Duration::from_secs(5);
-
-    let app_wait = async {
-        match app.as_mut() {
-            Some(child) => child.wait().await.ok(),
-            None => std::future::pending().await,
-        }
+    let signal = termination_signal()?;
+    let stop = async {
+        let sig = signal.await;
+        println!("ℹ️  terminated signal received: shutting down");
+        sig
     };
-    let outcome = tokio::select! {
-        status = app_wait => Outcome::AppExited(status),
-        status = sidecar.wait() => Outcome::SidecarExited(status.ok()),
-        _ = term.recv() => Outcome::Signal(Signal::SIGTERM),
-        _ = int.recv() => Outcome::Signal(Signal::SIGINT),
-    };
-
-    let code = match outcome {
-        Outcome::AppExited(status) => {
-            let code = exit_code(status);
-            if code == 0 {
-                println!("✅  Exited App successfully");
-            } else {
-                println!("❌  The App process exited with error code: {code}");
-            }
-            stop(&mut sidecar, grace).await;
-            println!("✅  Exited Dapr successfully");
-            code
-        }
-        Outcome::SidecarExited(status) => {
-            println!(
-                "❌  The daprd process exited with error code: {}",
-                exit_code(status)
-            );
-            if let Some(child) = app.as_mut() {
-                stop(child, grace).await;
-            }
-            exit_code(status).max(1)
-        }
-        Outcome::Signal(sig) => {
-            println!("ℹ️  terminated signal received: shutting down");
-            let mut code = 0;
-            if let Some(child) = app.as_mut() {
-                signal_child(child, sig);
-                let status = match tokio::time::timeout(grace, child.wait()).await {
-                    Ok(status) => status.ok(),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        child.wait().await.ok()
-                    }
-                };
-                code = exit_code(status);
-                println!("✅  Exited App successfully");
-            }
-            stop(&mut sidecar, grace).await;
-            println!("✅  Exited Dapr successfully");
-            code
-        }
-    };
-    Ok(code)
-}
-
-enum Outcome {
-    AppExited(Option<std::process::ExitStatus>),
-    SidecarExited(Option<std::process::ExitStatus>),
-    Signal(Signal),
+    Ok(instance.supervise(stop).await)
 }
