@@ -353,14 +353,14 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
             Err(e) => tracing::warn!("metrics endpoint disabled: {e}"),
         }
     }
+    // Registered before outbound readiness, so a sidecar that answers is also findable.
+    let registration = register_locally(&rt, internal_port).await?;
     rt.outbound_ready.store(true, Ordering::Release);
     tracing::info!(
         "HTTP API listening on port {} ({})",
         settings.http_port,
         settings.listen_addresses.join(", ")
     );
-
-    let registration = register_locally(&rt, internal_port).await?;
 
     tokio::spawn(watch_signals(rt.shutdown.clone()));
     tokio::spawn(become_ready(rt.clone()));

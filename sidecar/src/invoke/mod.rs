@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
@@ -187,7 +186,7 @@ impl Invoker {
         };
         headers::stamp_outgoing(&mut headers, &caller, target.policy_name());
         let body = self
-            .prepare_body(&headers, req.body)
+            .prepare_body(req.body)
             .await
             .map_err(|e| fail(&req.target, e))?;
         let stack = self.stack_for(&target);
@@ -203,13 +202,11 @@ impl Invoker {
             .map_err(|e| fail(&req.target, e))
     }
 
-    /// Buffers small bodies with a declared length so they can be replayed; streams the rest.
-    async fn prepare_body(&self, headers: &HeaderMap, body: Body) -> Result<CallBody, InvokeError> {
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match declared {
+    /// Buffers small bodies of known length (a declared Content-Length, or none at all) so they
+    /// can be replayed; streams the rest.
+    async fn prepare_body(&self, body: Body) -> Result<CallBody, InvokeError> {
+        let known = http_body::Body::size_hint(&body).upper();
+        match known {
             Some(len) if len <= MAX_REPLAY_BODY => match body.collect().await {
                 Ok(collected) => Ok(CallBody::Buffered(collected.to_bytes())),
                 Err(e) => Err(body_error(&e, self.body_limit)),

@@ -17,8 +17,11 @@ pub const CACHE_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct LocalResolver {
     registry: LocalRegistry,
-    cache: Mutex<Option<(Instant, HashMap<String, Vec<String>>)>>,
+    cache: Mutex<Option<(Instant, Listing)>>,
 }
+
+/// App id → `host:port` of each instance.
+type Listing = HashMap<String, Vec<String>>;
 
 impl LocalResolver {
     pub fn from_env() -> Self {
@@ -58,8 +61,8 @@ impl LocalResolver {
     }
 }
 
-fn group(entries: Vec<RegistryEntry>) -> HashMap<String, Vec<String>> {
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+fn group(entries: Vec<RegistryEntry>) -> Listing {
+    let mut map: Listing = HashMap::new();
     for e in entries {
         let host = if e.address.contains(':') {
             format!("[{}]", e.address)

@@ -91,8 +91,11 @@ pub struct Resiliency {
     trips: BTreeMap<String, TripExpression>,
     apps: BTreeMap<String, TargetPolicies>,
     components: BTreeMap<String, (TargetPolicies, TargetPolicies)>,
-    breakers: Arc<Mutex<HashMap<String, HashMap<String, Arc<CircuitBreaker>>>>>,
+    breakers: Arc<Mutex<BreakersByPolicy>>,
 }
+
+/// Policy name → target → its running breaker.
+type BreakersByPolicy = HashMap<String, HashMap<String, Arc<CircuitBreaker>>>;
 
 impl Resiliency {
     /// Like `from_specs`, but an invalid trip expression is an error naming its field.
