@@ -141,6 +141,16 @@ async fn path_and_header_forms_pass_everything_through() {
     let seen = app.requests_to("/orders/7");
     assert!(seen[0].header("dapr-app-id").is_none());
 
+    // Basic auth with user dapr-app-id names the target too (and is not forwarded).
+    let resp = client
+        .get(a.url("/basic"))
+        .basic_auth("dapr-app-id", Some("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert!(app.requests_to("/basic")[0].header("authorization").is_none());
+
     // A trace context from the client is continued.
     client
         .get(a.url("/v1.0/invoke/b/method/traced"))

@@ -64,7 +64,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
-    if req.headers().contains_key(APP_ID_HEADER) {
+    if target_from_headers(req.headers()).is_some() {
         return by_header(State(rt), req).await;
     }
     let path = req.uri().path().to_string();
@@ -84,15 +84,33 @@ async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     invoke(rt, target, path_and_query, req).await
 }
 
-async fn by_header(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
-    let Some(target) = req
-        .headers()
-        .get(APP_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-    else {
+/// The target named by a `dapr-app-id` header, or (as Dapr allows for clients that can only
+/// set credentials) by HTTP Basic auth with user `dapr-app-id` and the app id as password.
+fn target_from_headers(headers: &http::HeaderMap) -> Option<(String, bool)> {
+    if let Some(id) = headers.get(APP_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some((id.trim().to_string(), false));
+    }
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = auth.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, id) = text.split_once(':')?;
+    (user == APP_ID_HEADER).then(|| (id.trim().to_string(), true))
+}
+
+async fn by_header(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
+    let Some((target, from_basic_auth)) = target_from_headers(req.headers()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if from_basic_auth {
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -132,6 +150,24 @@ async fn invoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_from_header_or_basic_auth() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(target_from_headers(&h), None);
+        // base64("dapr-app-id:orders")
+        h.insert(
+            "authorization",
+            "Basic ZGFwci1hcHAtaWQ6b3JkZXJz".parse().unwrap(),
+        );
+        assert_eq!(target_from_headers(&h), Some(("orders".into(), true)));
+        h.insert("dapr-app-id", "b".parse().unwrap());
+        assert_eq!(target_from_headers(&h), Some(("b".into(), false)));
+        let mut other = http::HeaderMap::new();
+        // base64("user:pass")
+        other.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(target_from_headers(&other), None);
+    }
 
     #[test]
     fn splits_ids_and_methods() {

@@ -51,6 +51,8 @@ async fn handle(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The app channel sets the app's own authority; X-Forwarded-Host keeps the original.
+    parts.headers.remove(http::header::HOST);
     let req = Request::from_parts(parts, body);
     match app.send(req).await {
         Ok(resp) => {
