@@ -67,6 +67,31 @@ async fn error_json(resp: reqwest::Response) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts `mib` MiB chunked on a raw connection while reading the answer; returns its status.
+async fn chunked_upload_status(port: u16, path: &str, mib: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'c'; 1 << 20];
+        for _ in 0..mib {
+            write.write_all(b"100000\r\n").await?;
+            write.write_all(&chunk).await?;
+            write.write_all(b"\r\n").await?;
+        }
+        write.write_all(b"0\r\n\r\n").await
+    });
+    let mut head = vec![0u8; 12];
+    read.read_exact(&mut head).await.unwrap();
+    let _ = writer.await;
+    String::from_utf8_lossy(&head[9..12]).into_owned()
+}
+
 /// Peak resident memory of a process, in KiB (Linux `VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -149,7 +174,9 @@ async fn path_and_header_forms_pass_everything_through() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
-    assert!(app.requests_to("/basic")[0].header("authorization").is_none());
+    assert!(app.requests_to("/basic")[0]
+        .header("authorization")
+        .is_none());
 
     // A trace context from the client is continued.
     client
@@ -268,16 +295,14 @@ async fn large_bodies_stream_both_ways_within_the_body_limit() {
         upload.as_slice()
     );
 
-    // A streamed (chunked) upload over the caller's limit is refused with 413.
-    let chunks =
-        futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'c'; 1 << 20])));
-    let resp = client
-        .post(a.url("/v1.0/invoke/b/method/too-big"))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 413);
+    // A streamed (chunked) upload over the caller's limit is refused with 413. Written on a raw
+    // connection, read concurrently: the sidecar answers and closes while data still arrives.
+    let status = chunked_upload_status(a.http_port, "/v1.0/invoke/b/method/too-big", 20).await;
+    assert_eq!(status, "413");
+    assert!(app
+        .requests_to("/too-big")
+        .iter()
+        .all(|r| r.body.len() <= 16 << 20));
 
     // The 100 MiB download passes through both sidecars without either holding it.
     let before = (
@@ -446,6 +471,40 @@ async fn retries_a_failing_route_to_success() {
     let requests = app.requests_to("/flaky");
     assert_eq!(requests.len(), 3);
     assert!(requests.iter().all(|r| r.body.as_ref() == b"{\"n\":1}"));
+}
+
+#[tokio::test]
+async fn bodies_too_large_to_buffer_are_sent_once() {
+    let mesh = Mesh::new();
+    let app = TestApp::start(|_| Reply::status(500)).await;
+    let _b = mesh.callee("b", &app).await;
+    let res = resiliency(
+        "  policies:\n    retries:\n      many:\n        policy: constant\n        duration: 10ms\n        maxRetries: 5\n  targets:\n    apps:\n      b:\n        retry: many\n",
+    );
+    let a = mesh
+        .sidecar("a")
+        .resources(res.path())
+        .args(["--max-body-size", "8Mi"])
+        .start()
+        .await;
+    // 2 MiB is over the 1 MiB replay limit: the request streams and is not retried.
+    let resp = http()
+        .post(a.url("/v1.0/invoke/b/method/big"))
+        .body(vec![b'b'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 500);
+    assert_eq!(app.requests_to("/big").len(), 1);
+    // A small body on the same route is retried up to maxRetries.
+    let resp = http()
+        .post(a.url("/v1.0/invoke/b/method/small"))
+        .body("s")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 500);
+    assert_eq!(app.requests_to("/small").len(), 6);
 }
 
 /// An app whose `/slow` answers after 30 s and `/fast` at once.

@@ -197,6 +197,39 @@ impl Resiliency {
         }
     }
 
+    /// The resiliency stack for calls to component `name` in `direction` (state and pub/sub
+    /// outbound calls, pub/sub inbound delivery): its timeout, retry (with a budget), breaker
+    /// and a concurrency limit around `inner`. Build it once per component and reuse it; the
+    /// breaker is shared with every other stack of the same policy and component.
+    pub fn component_stack<S, Req, Res, E>(
+        &self,
+        name: &str,
+        kind: ComponentKind,
+        direction: Direction,
+        classify: layers::Classify<Res, E>,
+        inner: S,
+    ) -> tower::util::BoxCloneService<Req, Res, E>
+    where
+        S: tower::Service<Req, Response = Res, Error = E> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        Req: layers::Replay + Send + 'static,
+        Res: Send + 'static,
+        E: layers::PolicyError + Send + 'static,
+    {
+        let policy = self.component(name, kind, direction);
+        let breaker = self.breaker(&policy, name);
+        layers::build_stack(
+            layers::StackSettings {
+                policy,
+                breaker,
+                budget: layers::retry_budget(),
+                concurrency: layers::DEFAULT_TARGET_CONCURRENCY,
+                classify,
+            },
+            inner,
+        )
+    }
+
     /// The running breaker of `policy` for `target` (an app id, a component name), created
     /// closed on first use.
     pub fn breaker(&self, policy: &TargetPolicy, target: &str) -> Option<Arc<CircuitBreaker>> {
@@ -289,5 +322,105 @@ mod tests {
         assert_eq!(outbound.timeout, Some(Duration::from_secs(7)));
         assert_eq!(r.app("b").retry.unwrap().max_retries, Some(3));
         assert!(Resiliency::default().app("b").retry.is_none());
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum StoreError {
+        Backend,
+        Timeout,
+        Open,
+    }
+
+    impl layers::PolicyError for StoreError {
+        fn timed_out(_: Duration) -> Self {
+            StoreError::Timeout
+        }
+        fn circuit_open(_: &str, _: BreakerRejection) -> Self {
+            StoreError::Open
+        }
+    }
+
+    struct Key(&'static str);
+    impl layers::Replay for Key {
+        fn replay(&self) -> Option<Self> {
+            Some(Key(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn component_stacks_share_breakers_per_component() {
+        let mut spec = ResiliencySpec::default();
+        spec.retries.insert("twice".into(), retry(2));
+        spec.circuit_breakers.insert(
+            "cb".into(),
+            CircuitBreakerSpec {
+                max_requests: 1,
+                interval: Duration::ZERO,
+                timeout: Duration::from_secs(30),
+                trip: "consecutiveFailures >= 3".into(),
+            },
+        );
+        spec.components.insert(
+            "store".into(),
+            tandem_components::spec::resiliency::ComponentTargets {
+                outbound: TargetPolicies {
+                    retry: Some("twice".into()),
+                    circuit_breaker: Some("cb".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let r = Resiliency::try_from_specs(&[spec]).unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = calls.clone();
+        let backend = tower::service_fn(move |_key: Key| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), StoreError>(StoreError::Backend) }
+        });
+        let classify: layers::Classify<(), StoreError> =
+            Arc::new(|r: &Result<(), StoreError>| match r {
+                Ok(()) => layers::CallResult::Status(200),
+                Err(_) => layers::CallResult::Error,
+            });
+        let stack = r.component_stack(
+            "store",
+            ComponentKind::Statestore,
+            Direction::Outbound,
+            classify.clone(),
+            backend.clone(),
+        );
+        // One call: three attempts (two retries), whose failures trip the breaker.
+        assert_eq!(
+            layers::call(stack.clone(), Key("k")).await,
+            Err(StoreError::Backend)
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A second stack for the same component sees the same open breaker.
+        let again = r.component_stack(
+            "store",
+            ComponentKind::Statestore,
+            Direction::Outbound,
+            classify,
+            backend,
+        );
+        assert_eq!(layers::call(again, Key("k")).await, Err(StoreError::Open));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn invalid_trip_names_its_field() {
+        let mut spec = ResiliencySpec::default();
+        spec.circuit_breakers.insert(
+            "cb".into(),
+            CircuitBreakerSpec {
+                max_requests: 1,
+                interval: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+                trip: "consecutiveFailures >".into(),
+            },
+        );
+        let err = Resiliency::try_from_specs(&[spec]).unwrap_err();
+        assert_eq!(err.field, "spec.policies.circuitBreakers.cb.trip");
     }
 }
