@@ -784,6 +784,123 @@ async fn external_urls_and_http_endpoints() {
     assert_eq!(resp.text().await.unwrap(), "/direct auth=-");
 }
 
+/// An HTTPS server with a certificate from a fresh test CA; returns its port and the CA's PEM.
+async fn tls_app() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tandem test ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let text = format!(
+                            "tls {} key={}",
+                            req.uri(),
+                            req.headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                        );
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(text)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn https_endpoints_and_urls() {
+    let mesh = Mesh::new();
+    let (port, ca_pem) = tls_app().await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let resources = ResourcesDir::new();
+    resources.write(
+        "endpoint.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: secure\nspec:\n  baseUrl: https://localhost:{port}\n  headers:\n  - name: x-api-key\n    value: k1\n"
+        ),
+    );
+    let a = mesh
+        .sidecar("a")
+        .resources(resources.path())
+        .env("SSL_CERT_FILE", &ca_file.display().to_string())
+        .start()
+        .await;
+    let client = http();
+    let resp = client
+        .get(a.url("/v1.0/invoke/secure/method/v1/items?page=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tls /v1/items?page=2 key=k1");
+    let resp = client
+        .get(a.url(&format!(
+            "/v1.0/invoke/https://127.0.0.1:{port}/method/direct"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tls /direct key=-");
+
+    // A sidecar that does not trust the CA refuses the server.
+    let b = mesh
+        .sidecar("b")
+        .resources(resources.path())
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .start()
+        .await;
+    let (status, body) = error_json(
+        client
+            .get(b.url("/v1.0/invoke/secure/method/v1/items"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500);
+    assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE");
+}
+
 #[tokio::test]
 async fn invalid_trip_expression_is_a_startup_error_naming_the_field() {
     let res = resiliency(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -26,7 +27,11 @@ const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
 #[derive(Clone)]
 pub struct Forward {
+    /// To peer sidecars (plain HTTP).
     client: Client<HttpConnector, Body>,
+    /// To external services (`http` and `https`); `None` when no trusted root certificates
+    /// could be loaded, in which case only `http` endpoints work.
+    external: Option<Client<HttpsConnector<HttpConnector>, Body>>,
     resolver: Arc<Resolver>,
     balancer: Arc<Balancer>,
     body_limit: u64,
@@ -49,9 +54,10 @@ impl Forward {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            external: external_client(connector),
             resolver,
             balancer,
             body_limit,
@@ -74,7 +80,22 @@ impl Forward {
                     CallBody::Buffered(bytes) => Body::from(bytes),
                     CallBody::Streaming(body) => body,
                 };
-                match self.attempt(uri, &call.method, &headers, body).await {
+                let Some(client) = &self.external else {
+                    if uri.scheme_str() == Some("https") {
+                        return Err(InvokeError::NoTrustedRoots);
+                    }
+                    return match self
+                        .attempt(&self.client, uri, &call.method, &headers, body)
+                        .await
+                    {
+                        Attempt::Answered(resp) => Ok(resp),
+                        Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
+                    };
+                };
+                match self
+                    .attempt(client, uri, &call.method, &headers, body)
+                    .await
+                {
                     Attempt::Answered(resp) => Ok(resp),
                     Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
                 }
@@ -98,7 +119,10 @@ impl Forward {
                     let uri: Uri = uri.parse().map_err(|_| {
                         InvokeError::InvalidRequest(format!("{uri:?} is not a valid URL"))
                     })?;
-                    match self.attempt(uri, &call.method, &call.headers, body).await {
+                    match self
+                        .attempt(&self.client, uri, &call.method, &call.headers, body)
+                        .await
+                    {
                         Attempt::Answered(resp) => {
                             self.balancer.report_success(instance);
                             return Ok(resp);
@@ -123,18 +147,22 @@ impl Forward {
         }
     }
 
-    async fn attempt(
+    async fn attempt<C>(
         &self,
+        client: &Client<C, Body>,
         uri: Uri,
         method: &http::Method,
         headers: &http::HeaderMap,
         body: Body,
-    ) -> Attempt {
+    ) -> Attempt
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers.clone();
-        match self.client.request(req).await {
+        match client.request(req).await {
             Ok(resp) => {
                 if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(INSTANCE_UNAVAILABLE)
@@ -159,6 +187,35 @@ impl Forward {
             },
         }
     }
+}
+
+/// The client for external services: TLS (rustls, ring) with the system's root certificates
+/// (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them), plain HTTP as well.
+fn external_client(
+    connector: HttpConnector,
+) -> Option<Client<HttpsConnector<HttpConnector>, Body>> {
+    let mut connector = connector;
+    // The TLS layer needs the connector to hand it `https` URIs.
+    connector.enforce_http(false);
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+    {
+        Ok(builder) => builder,
+        Err(e) => {
+            tracing::warn!("https invocation targets are unavailable: {e}");
+            return None;
+        }
+    };
+    let https = builder
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Some(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(https),
+    )
 }
 
 /// The error and its causes in one line (hyper's top-level messages say little on their own).

@@ -61,8 +61,10 @@ pub enum InvokeError {
     BodyTooLarge(u64),
     #[error("failed to read the request body: {0}")]
     BodyRead(String),
-    #[error("{0}:// endpoints are not supported (Tandem's invocation client speaks plain HTTP)")]
+    #[error("{0} endpoints are not supported; use http or https")]
     UnsupportedScheme(String),
+    #[error("https is unavailable: no trusted root certificates were found (install ca-certificates or set SSL_CERT_FILE)")]
+    NoTrustedRoots,
     #[error("{0}")]
     InvalidRequest(String),
 }

@@ -46,7 +46,7 @@ impl ExternalEndpoint {
             .parse()
             .map_err(|_| InvokeError::InvalidRequest(format!("{text:?} is not a valid URL")))?;
         match uri.scheme_str() {
-            Some("http") => Ok(uri),
+            Some("http") | Some("https") => Ok(uri),
             Some(other) => Err(InvokeError::UnsupportedScheme(other.to_string())),
             None => Err(InvokeError::InvalidRequest(format!(
                 "{text:?} has no scheme"
