@@ -203,8 +203,14 @@ mod tests {
         let InvokeTarget::External(tls) = parse_target("https://h", &endpoints).unwrap() else {
             panic!("not external")
         };
+        assert_eq!(tls.url("/a").unwrap().to_string(), "https://h/a");
+        let odd = ExternalEndpoint {
+            name: "x".into(),
+            base_url: "ftp://h".into(),
+            headers: vec![],
+        };
         assert!(matches!(
-            tls.url("/"),
+            odd.url("/"),
             Err(InvokeError::UnsupportedScheme(_))
         ));
     }
