@@ -507,6 +507,82 @@ async fn bodies_too_large_to_buffer_are_sent_once() {
     assert_eq!(app.requests_to("/small").len(), 6);
 }
 
+#[tokio::test]
+async fn tokens_stay_per_hop() {
+    let mesh = Mesh::new();
+    let app = TestApp::start(|_| Reply::ok()).await;
+    let mut b = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .env("APP_API_TOKEN", "app-secret")
+        .start()
+        .await;
+    b.wait_ready().await;
+    let a = mesh
+        .sidecar("a")
+        .env("DAPR_API_TOKEN", "api-secret")
+        .start()
+        .await;
+    let client = http();
+    let url = a.url("/v1.0/invoke/b/method/guarded");
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status().as_u16(),
+        401
+    );
+    let resp = client
+        .get(&url)
+        .header("dapr-api-token", "api-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let seen = app.requests_to("/guarded");
+    assert_eq!(seen.len(), 1);
+    // The caller's API token is not forwarded; the callee adds its own app token.
+    assert_eq!(seen[0].header("dapr-api-token"), Some("app-secret"));
+}
+
+#[tokio::test]
+async fn app_max_concurrency_bounds_calls_into_the_app() {
+    let mesh = Mesh::new();
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let (now, max) = (in_flight.clone(), peak.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = Router::new().route(
+        "/hold",
+        get(move || {
+            let (now, max) = (now.clone(), max.clone());
+            async move {
+                let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                "held"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut b = mesh
+        .sidecar("b")
+        .app_port(port)
+        .args(["--app-max-concurrency", "1"])
+        .start()
+        .await;
+    b.wait_ready().await;
+    let a = mesh.sidecar("a").start().await;
+    let client = http();
+    let calls = (0..4).map(|_| {
+        let client = client.clone();
+        let url = a.url("/v1.0/invoke/b/method/hold");
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a == "held"), "{answers:?}");
+    assert_eq!(peak.load(Ordering::SeqCst), 1);
+}
+
 /// An app whose `/slow` answers after 30 s and `/fast` at once.
 async fn slow_app() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
