@@ -860,32 +860,64 @@ async fn external_urls_and_http_endpoints() {
     assert_eq!(resp.text().await.unwrap(), "/direct auth=-");
 }
 
-/// An HTTPS server with a certificate from a fresh test CA; returns its port and the CA's PEM.
-async fn tls_app() -> (u16, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tandem test ca");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
+/// A test certificate authority.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    /// A leaf certificate for `names`, and its key.
+    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        (cert, key)
+    }
+}
+
+/// An HTTPS server with a certificate from a fresh test CA (requiring client certificates from
+/// `client_ca` when given); returns its port and the server CA's PEM.
+async fn tls_app(client_ca: Option<&TestCa>) -> (u16, String) {
+    let ca = TestCa::new("tandem test ca");
+    let (leaf, leaf_key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    )
-    .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(client_ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(client_ca.cert.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -917,13 +949,13 @@ async fn tls_app() -> (u16, String) {
             });
         }
     });
-    (port, ca.pem())
+    (port, ca.cert.pem())
 }
 
 #[tokio::test]
 async fn https_endpoints_and_urls() {
     let mesh = Mesh::new();
-    let (port, ca_pem) = tls_app().await;
+    let (port, ca_pem) = tls_app(None).await;
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_file = ca_dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
@@ -968,6 +1000,54 @@ async fn https_endpoints_and_urls() {
     let (status, body) = error_json(
         client
             .get(b.url("/v1.0/invoke/secure/method/v1/items"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500);
+    assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE");
+}
+
+#[tokio::test]
+async fn http_endpoint_client_tls_root_ca_and_client_certificate() {
+    let mesh = Mesh::new();
+    let client_ca = TestCa::new("client ca");
+    let (client_cert, client_key) = client_ca.issue(&["caller"]);
+    let (port, server_ca_pem) = tls_app(Some(&client_ca)).await;
+    let quote = |pem: &str| serde_json::to_string(pem).unwrap();
+    let resources = ResourcesDir::new();
+    resources.write(
+        "secrets.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: envsecrets\nspec:\n  type: secretstores.local.env\n  version: v1\n  metadata: []\n",
+    );
+    resources.write(
+        "endpoints.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: mtls\nspec:\n  baseUrl: https://localhost:{port}\n  clientTLS:\n    rootCA:\n      value: {}\n    certificate:\n      secretKeyRef: {{name: CLIENT_CERT, key: CLIENT_CERT}}\n    privateKey:\n      secretKeyRef: {{name: CLIENT_KEY, key: CLIENT_KEY}}\nauth:\n  secretStore: envsecrets\n---\napiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: anonymous\nspec:\n  baseUrl: https://localhost:{port}\n  clientTLS:\n    rootCA:\n      value: {}\n",
+            quote(&server_ca_pem),
+            quote(&server_ca_pem)
+        ),
+    );
+    let a = mesh
+        .sidecar("a")
+        .resources(resources.path())
+        .env("CLIENT_CERT", &client_cert.pem())
+        .env("CLIENT_KEY", &client_key.serialize_pem())
+        .start()
+        .await;
+    let client = http();
+    let resp = client
+        .get(a.url("/v1.0/invoke/mtls/method/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tls /hello key=-");
+    // Trusting the server is not enough when it requires a client certificate.
+    let (status, body) = error_json(
+        client
+            .get(a.url("/v1.0/invoke/anonymous/method/hello"))
             .send()
             .await
             .unwrap(),

@@ -2,6 +2,7 @@
 //! the app's instances round-robin and failing over while the request was not delivered), or to
 //! an external HTTP service, on pooled keep-alive connections.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,13 +11,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
 use super::headers::{strip_hop_by_hop, INSTANCE_UNAVAILABLE};
+use super::tls::{client_config, https_client, HttpsClient};
 use super::{body_error, Call, CallBody, InvokeError, InvokeTarget};
 use crate::naming::{Balancer, Resolver};
 
@@ -31,7 +32,9 @@ pub struct Forward {
     client: Client<HttpConnector, Body>,
     /// To external services (`http` and `https`); `None` when no trusted root certificates
     /// could be loaded, in which case only `http` endpoints work.
-    external: Option<Client<HttpsConnector<HttpConnector>, Body>>,
+    external: Option<HttpsClient>,
+    /// HTTPEndpoints with their own `clientTLS`, by name.
+    endpoint_clients: Arc<HashMap<String, HttpsClient>>,
     resolver: Arc<Resolver>,
     balancer: Arc<Balancer>,
     body_limit: u64,
@@ -47,17 +50,30 @@ enum Attempt {
 }
 
 impl Forward {
-    pub fn new(resolver: Arc<Resolver>, balancer: Arc<Balancer>, body_limit: u64) -> Self {
+    pub fn new(
+        resolver: Arc<Resolver>,
+        balancer: Arc<Balancer>,
+        endpoint_clients: HashMap<String, HttpsClient>,
+        body_limit: u64,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector.clone());
+            .build(connector);
+        let external = match client_config(None) {
+            Ok(config) => Some(https_client(config)),
+            Err(e) => {
+                tracing::warn!("https invocation targets are unavailable: {e}");
+                None
+            }
+        };
         Self {
             client,
-            external: external_client(connector),
+            external,
+            endpoint_clients: Arc::new(endpoint_clients),
             resolver,
             balancer,
             body_limit,
@@ -80,7 +96,11 @@ impl Forward {
                     CallBody::Buffered(bytes) => Body::from(bytes),
                     CallBody::Streaming(body) => body,
                 };
-                let Some(client) = &self.external else {
+                let client = self
+                    .endpoint_clients
+                    .get(&endpoint.name)
+                    .or(self.external.as_ref());
+                let Some(client) = client else {
                     if uri.scheme_str() == Some("https") {
                         return Err(InvokeError::NoTrustedRoots);
                     }
@@ -187,35 +207,6 @@ impl Forward {
             },
         }
     }
-}
-
-/// The client for external services: TLS (rustls, ring) with the system's root certificates
-/// (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them), plain HTTP as well.
-fn external_client(
-    connector: HttpConnector,
-) -> Option<Client<HttpsConnector<HttpConnector>, Body>> {
-    let mut connector = connector;
-    // The TLS layer needs the connector to hand it `https` URIs.
-    connector.enforce_http(false);
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-    {
-        Ok(builder) => builder,
-        Err(e) => {
-            tracing::warn!("https invocation targets are unavailable: {e}");
-            return None;
-        }
-    };
-    let https = builder
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Some(
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(https),
-    )
 }
 
 /// The error and its causes in one line (hyper's top-level messages say little on their own).

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod headers;
 pub mod internal;
 pub mod target;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -150,17 +151,18 @@ impl Invoker {
         namespace: Option<String>,
         resolver: Resolver,
         resiliency: Resiliency,
-        endpoints: BTreeMap<String, ExternalEndpoint>,
+        endpoints: target::LoadedEndpoints,
         body_limit: u64,
     ) -> Self {
         Self {
             app_id,
             namespace,
             resiliency,
-            endpoints,
+            endpoints: endpoints.endpoints,
             forward: forward::Forward::new(
                 Arc::new(resolver),
                 Arc::new(Balancer::default()),
+                endpoints.clients,
                 body_limit,
             ),
             stacks: Mutex::new(HashMap::new()),

@@ -1,12 +1,14 @@
 //! What an invocation addresses: a Dapr app (`id` or `id.namespace`), an `HTTPEndpoint`
 //! resource by name, or a full `http://host:port` URL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use http::header::{HeaderName, HeaderValue};
 use http::Uri;
-use tandem_components::spec::{HttpEndpointSpec, MetadataSource};
+use serde_json::Value;
+use tandem_components::spec::{HttpEndpointSpec, MetadataSource, SecretKeyRef};
 
+use super::tls::{client_config, https_client, HttpsClient, TlsMaterial};
 use super::InvokeError;
 use crate::component_set::ComponentSet;
 
@@ -36,6 +38,16 @@ pub struct ExternalEndpoint {
     /// `http://host:port` plus an optional base path, without a trailing slash.
     pub base_url: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `spec.clientTLS`, when given (its client is in `LoadedEndpoints::clients`).
+    pub tls: Option<TlsMaterial>,
+}
+
+/// The HTTPEndpoint resources, ready to call.
+#[derive(Default)]
+pub struct LoadedEndpoints {
+    pub endpoints: BTreeMap<String, ExternalEndpoint>,
+    /// Clients for endpoints with their own `clientTLS`.
+    pub clients: HashMap<String, HttpsClient>,
 }
 
 impl ExternalEndpoint {
@@ -55,49 +67,74 @@ impl ExternalEndpoint {
     }
 }
 
-/// Resolves the `HTTPEndpoint` resources' headers (literal, `envRef`, or `secretKeyRef` through
-/// `auth.secretStore`) once at start-up.
+/// One value of an HTTPEndpoint: literal, `envRef`, or `secretKeyRef` through
+/// `auth.secretStore`.
+async fn resolve_source(
+    spec: &HttpEndpointSpec,
+    source: &MetadataSource,
+    components: &ComponentSet,
+) -> Result<String, String> {
+    match source {
+        MetadataSource::Value(v) => Ok(v.clone()),
+        MetadataSource::EnvRef(var) => {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+        }
+        MetadataSource::SecretKeyRef(secret) => {
+            let store_name = spec
+                .secret_store
+                .as_deref()
+                .ok_or("secretKeyRef needs auth.secretStore")?;
+            let store = components
+                .secret_store(store_name)
+                .ok_or_else(|| format!("secret store {store_name:?} is not loaded"))?;
+            let values = store
+                .get_secret(&secret.name, &BTreeMap::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            let key = secret.key.as_deref().unwrap_or(&secret.name);
+            values
+                .get(key)
+                .cloned()
+                .ok_or_else(|| format!("secret {:?} has no key {key:?}", secret.name))
+        }
+    }
+}
+
+/// `clientTLS.<field>` written as `{value}`, `{envRef}` or `{secretKeyRef: {name, key}}`.
+fn tls_source(client_tls: &Value, field: &str) -> Result<Option<MetadataSource>, String> {
+    let Some(item) = client_tls.get(field).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if let Some(v) = item.get("value").and_then(Value::as_str) {
+        return Ok(Some(MetadataSource::Value(v.to_string())));
+    }
+    if let Some(v) = item.get("envRef").and_then(Value::as_str) {
+        return Ok(Some(MetadataSource::EnvRef(v.to_string())));
+    }
+    if let Some(r) = item.get("secretKeyRef") {
+        let secret: SecretKeyRef = serde_json::from_value(r.clone())
+            .map_err(|e| format!("spec.clientTLS.{field}.secretKeyRef: {e}"))?;
+        return Ok(Some(MetadataSource::SecretKeyRef(secret)));
+    }
+    Err(format!(
+        "spec.clientTLS.{field}: write it as value, envRef or secretKeyRef"
+    ))
+}
+
+/// Resolves the `HTTPEndpoint` resources' headers and client TLS once at start-up.
 pub async fn load_endpoints(
     specs: &[HttpEndpointSpec],
     components: &ComponentSet,
-) -> Result<BTreeMap<String, ExternalEndpoint>, String> {
-    let mut out = BTreeMap::new();
+) -> Result<LoadedEndpoints, String> {
+    let mut out = LoadedEndpoints::default();
     for spec in specs {
         let context =
             |msg: String| format!("HTTPEndpoint {:?} ({}): {msg}", spec.name, spec.origin);
         let mut headers = Vec::new();
         for (i, item) in spec.headers.iter().enumerate() {
-            let value = match &item.source {
-                MetadataSource::Value(v) => v.clone(),
-                MetadataSource::EnvRef(var) => std::env::var(var).map_err(|_| {
-                    context(format!(
-                        "spec.headers[{i}]: environment variable {var} is not set"
-                    ))
-                })?,
-                MetadataSource::SecretKeyRef(secret) => {
-                    let store_name = spec.secret_store.as_deref().ok_or_else(|| {
-                        context(format!(
-                            "spec.headers[{i}]: secretKeyRef needs auth.secretStore"
-                        ))
-                    })?;
-                    let store = components.secret_store(store_name).ok_or_else(|| {
-                        context(format!(
-                            "spec.headers[{i}]: secret store {store_name:?} is not loaded"
-                        ))
-                    })?;
-                    let values = store
-                        .get_secret(&secret.name, &BTreeMap::new())
-                        .await
-                        .map_err(|e| context(format!("spec.headers[{i}]: {e}")))?;
-                    let key = secret.key.as_deref().unwrap_or(&secret.name);
-                    values.get(key).cloned().ok_or_else(|| {
-                        context(format!(
-                            "spec.headers[{i}]: secret {:?} has no key {key:?}",
-                            secret.name
-                        ))
-                    })?
-                }
-            };
+            let value = resolve_source(spec, &item.source, components)
+                .await
+                .map_err(|e| context(format!("spec.headers[{i}]: {e}")))?;
             let name = HeaderName::from_bytes(item.name.as_bytes())
                 .map_err(|_| context(format!("spec.headers[{i}].name is not a header name")))?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
@@ -107,12 +144,36 @@ pub async fn load_endpoints(
             })?;
             headers.push((name, value));
         }
-        out.insert(
+        let tls = match &spec.client_tls {
+            None | Some(Value::Null) => None,
+            Some(client_tls) => {
+                let mut material = TlsMaterial::default();
+                for (field, slot) in [
+                    ("rootCA", &mut material.root_ca),
+                    ("certificate", &mut material.certificate),
+                    ("privateKey", &mut material.private_key),
+                ] {
+                    if let Some(source) = tls_source(client_tls, field).map_err(context)? {
+                        *slot = Some(
+                            resolve_source(spec, &source, components)
+                                .await
+                                .map_err(|e| context(format!("spec.clientTLS.{field}: {e}")))?,
+                        );
+                    }
+                }
+                let config =
+                    client_config(Some(&material)).map_err(|e| context(format!("spec.{e}")))?;
+                out.clients.insert(spec.name.clone(), https_client(config));
+                Some(material)
+            }
+        };
+        out.endpoints.insert(
             spec.name.clone(),
             ExternalEndpoint {
                 name: spec.name.clone(),
                 base_url: spec.base_url.clone(),
                 headers,
+                tls,
             },
         );
     }
@@ -134,6 +195,7 @@ pub fn parse_target(
             name: raw.trim_end_matches('/').to_string(),
             base_url: raw.trim_end_matches('/').to_string(),
             headers: Vec::new(),
+            tls: None,
         }));
     }
     if let Some(endpoint) = endpoints.get(raw) {
@@ -164,6 +226,7 @@ mod tests {
             name: "github".into(),
             base_url: "http://127.0.0.1:9".into(),
             headers: vec![],
+            tls: None,
         };
         endpoints.insert("github".to_string(), ext.clone());
         assert_eq!(
@@ -208,6 +271,7 @@ mod tests {
             name: "x".into(),
             base_url: "ftp://h".into(),
             headers: vec![],
+            tls: None,
         };
         assert!(matches!(
             odd.url("/"),
