@@ -30,9 +30,10 @@ const POOL_MAX_IDLE_PER_HOST: usize = 64;
 pub struct Forward {
     /// To peer sidecars (plain HTTP).
     client: Client<HttpConnector, Body>,
-    /// To external services (`http` and `https`); `None` when no trusted root certificates
-    /// could be loaded, in which case only `http` endpoints work.
-    external: Option<HttpsClient>,
+    /// To external services (`http` and `https`), built on first use (loading the system's
+    /// root certificates is not worth delaying every start-up for); `None` when no trusted root
+    /// certificates could be loaded, in which case only `http` endpoints work.
+    external: Arc<tokio::sync::OnceCell<Option<HttpsClient>>>,
     /// HTTPEndpoints with their own `clientTLS`, by name.
     endpoint_clients: Arc<HashMap<String, HttpsClient>>,
     resolver: Arc<Resolver>,
@@ -63,16 +64,9 @@ impl Forward {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .build(connector);
-        let external = match client_config(None) {
-            Ok(config) => Some(https_client(config)),
-            Err(e) => {
-                tracing::warn!("https invocation targets are unavailable: {e}");
-                None
-            }
-        };
         Self {
             client,
-            external,
+            external: Arc::new(tokio::sync::OnceCell::new()),
             endpoint_clients: Arc::new(endpoint_clients),
             resolver,
             balancer,
@@ -82,6 +76,26 @@ impl Forward {
 
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
+    }
+
+    async fn external_client(&self) -> Option<&HttpsClient> {
+        self.external
+            .get_or_init(|| async {
+                // Reads certificate files: off the async workers.
+                match tokio::task::spawn_blocking(|| client_config(None)).await {
+                    Ok(Ok(config)) => Some(https_client(config)),
+                    Ok(Err(e)) => {
+                        tracing::warn!("https invocation targets are unavailable: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("loading root certificates failed: {e}");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
     }
 
     async fn send(&self, call: Call) -> Result<Response<Body>, InvokeError> {
@@ -99,7 +113,7 @@ impl Forward {
                 let client = self
                     .endpoint_clients
                     .get(&endpoint.name)
-                    .or(self.external.as_ref());
+                    .or(self.external_client().await);
                 let Some(client) = client else {
                     if uri.scheme_str() == Some("https") {
                         return Err(InvokeError::NoTrustedRoots);
