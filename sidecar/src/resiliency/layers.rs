@@ -33,22 +33,23 @@ pub enum CallResult {
 }
 
 impl CallResult {
-    /// A failure for the circuit breaker: no answer, or a 5xx.
+    /// A failure for the circuit breaker: no answer, or a status outside 200–399 (as Dapr,
+    /// which hands every such response to its policy runner as an error).
     pub fn is_failure(self) -> bool {
         match self {
             CallResult::Error => true,
-            CallResult::Status(s) => s >= 500,
+            CallResult::Status(s) => !(200..=399).contains(&s),
         }
     }
 
-    /// Whether `policy` retries this result: errors always; statuses listed in
-    /// `matching.httpStatusCodes` when given, else 5xx.
+    /// Whether `policy` retries this result: errors always; failing statuses when listed in
+    /// `matching.httpStatusCodes`, or all of them when the policy has no `matching` (Dapr's
+    /// "retry on all errors").
     pub fn is_retriable(self, policy: &RetryPolicy) -> bool {
         match self {
             CallResult::Error => true,
-            CallResult::Status(s) if (200..300).contains(&s) => false,
-            CallResult::Status(s) if policy.http_status_codes.is_some() => policy.retries_status(s),
-            CallResult::Status(s) => s >= 500,
+            s if !s.is_failure() => false,
+            CallResult::Status(s) => policy.retries_status(s),
         }
     }
 }
@@ -393,6 +394,24 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(call(stack.clone(), Req(false)).await, Ok(500));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn classification_follows_dapr() {
+        let any = RetryPolicy::constant(Duration::ZERO, None);
+        let mut only_503 = any.clone();
+        only_503.http_status_codes = Some(vec![(503, 503)]);
+        for (result, failure, retried_by_any, retried_by_503) in [
+            (CallResult::Error, true, true, true),
+            (CallResult::Status(200), false, false, false),
+            (CallResult::Status(304), false, false, false),
+            (CallResult::Status(404), true, true, false),
+            (CallResult::Status(503), true, true, true),
+        ] {
+            assert_eq!(result.is_failure(), failure, "{result:?}");
+            assert_eq!(result.is_retriable(&any), retried_by_any, "{result:?}");
+            assert_eq!(result.is_retriable(&only_503), retried_by_503, "{result:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
