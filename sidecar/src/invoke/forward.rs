@@ -110,10 +110,10 @@ impl Forward {
                     CallBody::Buffered(bytes) => Body::from(bytes),
                     CallBody::Streaming(body) => body,
                 };
-                let client = self
-                    .endpoint_clients
-                    .get(&endpoint.name)
-                    .or(self.external_client().await);
+                let client = match self.endpoint_clients.get(&endpoint.name) {
+                    Some(own) => Some(own),
+                    None => self.external_client().await,
+                };
                 let Some(client) = client else {
                     if uri.scheme_str() == Some("https") {
                         return Err(InvokeError::NoTrustedRoots);
