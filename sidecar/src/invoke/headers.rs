@@ -55,6 +55,8 @@ pub struct CallerInfo<'a> {
 /// Prepares an incoming API request's headers for forwarding to `callee`.
 pub fn stamp_outgoing(headers: &mut HeaderMap, caller: &CallerInfo<'_>, callee: &str) {
     strip_hop_by_hop(headers);
+    // `expect: 100-continue` was for this sidecar's server, which has answered it.
+    headers.remove(http::header::EXPECT);
     for name in [
         APP_ID_HEADER,
         CALLER_APP_ID,
@@ -162,6 +164,7 @@ mod tests {
         h.insert("host", HeaderValue::from_static("localhost:3500"));
         h.insert("dapr-app-id", HeaderValue::from_static("b"));
         h.insert("dapr-caller-app-id", HeaderValue::from_static("spoofed"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
         h.insert(
             "traceparent",
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
@@ -177,6 +180,7 @@ mod tests {
         assert_eq!(h["dapr-caller-namespace"], "ns");
         assert!(h.get("dapr-app-id").is_none());
         assert!(h.get("host").is_none());
+        assert!(h.get("expect").is_none());
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "localhost:3500");
         assert_eq!(h["forwarded"], "for=127.0.0.1;host=localhost:3500");
