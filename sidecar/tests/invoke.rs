@@ -428,6 +428,28 @@ async fn round_robin_failover_and_registry_cleanup() {
 }
 
 #[tokio::test]
+async fn an_instance_whose_app_is_gone_is_skipped() {
+    let mesh = Mesh::new();
+    let gone = TestApp::start(|_| Reply::ok().body("gone")).await;
+    let alive = TestApp::start(|_| Reply::ok().body("alive")).await;
+    let _b1 = mesh.callee("b", &gone).await;
+    let _b2 = mesh.callee("b", &alive).await;
+    let a = mesh.sidecar("a").start().await;
+    // The app process stops; its sidecar keeps running.
+    drop(gone);
+    let client = http();
+    for _ in 0..4 {
+        let resp = client
+            .get(a.url("/v1.0/invoke/b/method/who"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.text().await.unwrap(), "alive");
+    }
+}
+
+#[tokio::test]
 async fn graceful_shutdown_unregisters() {
     let mesh = Mesh::new();
     let mut a = mesh.sidecar("leaving").start().await;

@@ -201,10 +201,14 @@ impl Forward {
                 if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(INSTANCE_UNAVAILABLE)
                 {
-                    let error = if resp.headers()[INSTANCE_UNAVAILABLE] == "app-unhealthy" {
-                        InvokeError::AppUnhealthy
-                    } else {
-                        InvokeError::Unreachable("the instance is not serving this app".into())
+                    let error = match resp.headers()[INSTANCE_UNAVAILABLE].as_bytes() {
+                        b"app-unhealthy" => InvokeError::AppUnhealthy,
+                        b"app-unreachable" => {
+                            InvokeError::Unreachable("the app is not listening".into())
+                        }
+                        _ => {
+                            InvokeError::Unreachable("the instance is not serving this app".into())
+                        }
                     };
                     return Attempt::NotDelivered(error);
                 }

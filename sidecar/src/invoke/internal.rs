@@ -67,6 +67,15 @@ async fn handle(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
                 error: InvokeError::AppUnhealthy,
             },
         ),
+        // The app is not listening (not started yet, or gone): nothing reached it, so another
+        // instance may take the call.
+        Err(AppChannelError::Transport(e)) if e.is_connect() => unavailable(
+            "app-unreachable",
+            InvokeFailure {
+                app_id: own_id.to_string(),
+                error: InvokeError::Unreachable(format!("error calling the app: {e}")),
+            },
+        ),
         Err(e) => ApiError::from(InvokeFailure {
             app_id: own_id.to_string(),
             error: InvokeError::Unreachable(e.to_string()),
