@@ -397,14 +397,9 @@ async fn serve_internal(
         .split_first()
         .map(|(f, r)| (f.clone(), r.to_vec()))
         .unwrap_or_else(|| ("0.0.0.0".to_string(), Vec::new()));
-    // Kubernetes peers find each other on a fixed port (Dapr's 50002); elsewhere any free port,
-    // published through the local registry.
-    let default_port = if rt.settings.mode == "kubernetes" {
-        crate::naming::kubernetes::DEFAULT_INTERNAL_PORT
-    } else {
-        0
-    };
-    let requested = rt.settings.internal_port.unwrap_or(default_port);
+    // As daprd: a free port unless given (on Kubernetes the injector passes 50002, which the
+    // kubernetes resolver expects).
+    let requested = rt.settings.internal_port.unwrap_or(0);
     let mut listeners = bind_all(&[first], requested).await?;
     let port = listeners
         .first()
