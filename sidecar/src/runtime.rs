@@ -38,6 +38,14 @@ pub enum StartupError {
     Components(#[from] ComponentSetError),
     #[error("--app-protocol {0} is not supported; use http or h2c")]
     AppProtocol(String),
+    #[error("{0}")]
+    Resiliency(#[from] crate::resiliency::ResiliencyError),
+    #[error("name resolution: {0}")]
+    NameResolution(#[from] crate::naming::NameResolutionError),
+    #[error("{0}")]
+    HttpEndpoint(String),
+    #[error("cannot register in the local registry: {0}")]
+    Registry(#[from] crate::naming::local_registry::RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -61,6 +69,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// `(address, port)` of the metrics endpoint, when enabled.
     pub metrics: Option<(String, u16)>,
+    /// `--dapr-internal-grpc-port`: where peer sidecars forward invocations (None: a free port).
+    pub internal_port: Option<u16>,
 }
 
 impl Settings {
@@ -107,6 +117,7 @@ impl Settings {
                         .unwrap_or(crate::cli::flags::DEFAULT_METRICS_PORT),
                 )
             }),
+            internal_port: args.dapr_internal_grpc_port,
         })
     }
 }
@@ -120,6 +131,8 @@ pub struct Runtime {
     pub http_endpoints: Vec<HttpEndpointSpec>,
     pub secret_scopes: Vec<SecretScope>,
     pub app: Option<Arc<AppChannel>>,
+    /// Service invocation (caller side).
+    pub invoker: crate::invoke::Invoker,
     /// Values set through `PUT /v1.0/metadata/{key}`.
     pub extended_metadata: RwLock<BTreeMap<String, String>>,
     outbound_ready: AtomicBool,
@@ -228,11 +241,34 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         .collect();
     let app = settings.app.clone().map(|c| Arc::new(AppChannel::new(c)));
     let settings_app_id = settings.app_id.clone();
+    let resiliency = Resiliency::try_from_specs(&resources.resiliencies)?;
+    let name_resolution = resources
+        .configurations
+        .iter()
+        .find_map(|c| c.name_resolution.as_ref());
+    let resolver = crate::naming::Resolver::from_config(
+        name_resolution,
+        settings.mode == "kubernetes",
+        settings.namespace.as_deref(),
+    )?;
+    tracing::info!("name resolution: {}", resolver.name());
+    let endpoints = crate::invoke::target::load_endpoints(&resources.http_endpoints, &components)
+        .await
+        .map_err(StartupError::HttpEndpoint)?;
+    let invoker = crate::invoke::Invoker::new(
+        settings.app_id.clone(),
+        settings.namespace.clone(),
+        resolver,
+        resiliency.clone(),
+        endpoints,
+        settings.body_limit,
+    );
     Ok(Arc::new(Runtime {
         settings,
         components,
         subscriptions: RwLock::new(resources.subscriptions),
-        resiliency: Resiliency::from_specs(&resources.resiliencies),
+        resiliency,
+        invoker,
         http_endpoints: resources.http_endpoints,
         secret_scopes,
         app,
@@ -279,11 +315,13 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
         let router = api.clone();
         let stop = rt.shutdown.clone();
         servers.spawn(async move {
-            let _ = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let _ = axum::serve(listener, service)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
         });
     }
+    let internal_port = serve_internal(&rt, &mut servers).await?;
     if let Some(port) = settings.public_port {
         let public = crate::api::public_router(rt.clone());
         for listener in bind_all(&settings.listen_addresses, port).await? {
@@ -315,6 +353,8 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
             Err(e) => tracing::warn!("metrics endpoint disabled: {e}"),
         }
     }
+    // Registered before outbound readiness, so a sidecar that answers is also findable.
+    let registration = register_locally(&rt, internal_port).await?;
     rt.outbound_ready.store(true, Ordering::Release);
     tracing::info!(
         "HTTP API listening on port {} ({})",
@@ -326,6 +366,10 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     tokio::spawn(become_ready(rt.clone()));
 
     rt.shutdown.cancelled().await;
+    if let Some((registry, entry)) = registration {
+        // First, so peers stop choosing this instance while in-flight work drains.
+        let _ = tokio::task::spawn_blocking(move || registry.unregister(&entry)).await;
+    }
     tracing::info!(
         "shutting down: waiting up to {:?} for in-flight work",
         settings.graceful_shutdown
@@ -341,6 +385,90 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     rt.components.close().await;
     tracing::info!("dapr shutdown complete");
     Ok(())
+}
+
+/// Serves the internal (sidecar-to-sidecar) port on every listen address; returns its number.
+async fn serve_internal(
+    rt: &Arc<Runtime>,
+    servers: &mut tokio::task::JoinSet<()>,
+) -> Result<u16, StartupError> {
+    let addresses = &rt.settings.listen_addresses;
+    let (first, rest) = addresses
+        .split_first()
+        .map(|(f, r)| (f.clone(), r.to_vec()))
+        .unwrap_or_else(|| ("0.0.0.0".to_string(), Vec::new()));
+    // As daprd: a free port unless given (on Kubernetes the injector passes 50002, which the
+    // kubernetes resolver expects).
+    let requested = rt.settings.internal_port.unwrap_or(0);
+    let mut listeners = bind_all(&[first], requested).await?;
+    let port = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .unwrap_or_default();
+    // Other addresses share the port the first one got.
+    listeners.extend(bind_all(&rest, port).await?);
+    let router = crate::invoke::internal::router(rt.clone());
+    for listener in listeners {
+        let router = router.clone();
+        let stop = rt.shutdown.clone();
+        servers.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    tracing::info!("internal invocation port {port} (HTTP)");
+    Ok(port)
+}
+
+/// Announces this sidecar in the local registry (with the `local` resolver, or whenever an app
+/// id is set, so `tandem list` sees it).
+async fn register_locally(
+    rt: &Arc<Runtime>,
+    internal_port: u16,
+) -> Result<
+    Option<(
+        crate::naming::local_registry::LocalRegistry,
+        crate::naming::local_registry::RegistryEntry,
+    )>,
+    StartupError,
+> {
+    use crate::naming::local_registry::{LocalRegistry, RegistryEntry};
+    let settings = &rt.settings;
+    if settings.app_id.is_empty() || settings.mode == "kubernetes" {
+        return Ok(None);
+    }
+    let registry = match rt.invoker.resolver() {
+        crate::naming::Resolver::Local(local) => local.registry().clone(),
+        _ => LocalRegistry::from_env(),
+    };
+    let address = settings
+        .listen_addresses
+        .iter()
+        .find(|a| {
+            !matches!(
+                a.as_str(),
+                "0.0.0.0" | "::" | "127.0.0.1" | "::1" | "localhost"
+            )
+        })
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let entry = RegistryEntry {
+        app_id: settings.app_id.clone(),
+        pid: std::process::id(),
+        address,
+        http_port: settings.http_port,
+        internal_port,
+        app_port: settings.app.as_ref().map(|a| a.port),
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let (reg, e) = (registry.clone(), entry.clone());
+    let path = tokio::task::spawn_blocking(move || reg.register(&e))
+        .await
+        .map_err(|e| StartupError::HttpEndpoint(format!("registry task failed: {e}")))??;
+    tracing::info!("registered in the local registry: {}", path.display());
+    Ok(Some((registry, entry)))
 }
 
 /// Waits for the app, then marks the sidecar ready.

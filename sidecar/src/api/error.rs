@@ -94,6 +94,24 @@ impl From<tandem_components::secretstores::SecretError> for ApiError {
     }
 }
 
+// --- invocation ----------------------------------------------------------------------------
+
+impl From<crate::invoke::InvokeFailure> for ApiError {
+    fn from(failure: crate::invoke::InvokeFailure) -> Self {
+        use crate::invoke::InvokeError;
+        match &failure.error {
+            InvokeError::NoAppId => Self::new(
+                StatusCode::NOT_FOUND,
+                "ERR_DIRECT_INVOKE",
+                failure.error.to_string(),
+            ),
+            InvokeError::BodyTooLarge(limit) => Self::body_too_large(*limit),
+            InvokeError::BodyRead(e) => Self::body_read(e),
+            _ => Self::internal("ERR_DIRECT_INVOKE", failure.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

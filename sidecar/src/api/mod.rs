@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+mod invoke;
 mod metadata;
 mod secrets;
 mod shutdown;
@@ -22,7 +23,9 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .merge(health::routes())
         .merge(metadata::routes())
         .merge(secrets::routes())
-        .merge(shutdown::routes());
+        .merge(shutdown::routes())
+        // Last: its fallback serves the `dapr-app-id` header form on every unmatched path.
+        .merge(invoke::routes());
     finish(routes, rt)
 }
 

@@ -2,15 +2,36 @@
 //! circuit-breaker settings each target uses. One module serves invocation (apps), component
 //! calls (outbound) and pub/sub delivery (inbound).
 
+pub mod circuit_breaker;
+pub mod layers;
 pub mod retry;
+pub mod trip;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tandem_components::spec::resiliency::{CircuitBreakerSpec, TargetPolicies};
 use tandem_components::spec::ResiliencySpec;
+use thiserror::Error;
 
+pub use circuit_breaker::{BreakerRejection, BreakerSettings, BreakerState, CircuitBreaker};
 pub use retry::RetryPolicy;
+pub use trip::{Counts, TripExpression};
+
+/// An invalid policy found at start-up (beyond what the resource loader checks).
+#[derive(Debug, Error)]
+#[error("{origin}: field `{field}`: {message}")]
+pub struct ResiliencyError {
+    pub origin: tandem_components::spec::Origin,
+    pub field: String,
+    pub message: String,
+}
+
+/// At most this many breakers are kept per policy (Dapr's `circuitBreakerCacheSize` default);
+/// past it, breakers of other targets are dropped and start closed again.
+pub const DEFAULT_BREAKER_CACHE_SIZE: usize = 100;
 
 /// The policies that apply to one call path.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -60,17 +81,39 @@ impl Direction {
     }
 }
 
-/// All loaded Resiliency resources, merged (the first definition of a name wins).
+/// All loaded Resiliency resources, merged (the first definition of a name wins). Clones share
+/// the running circuit breakers.
 #[derive(Debug, Clone, Default)]
 pub struct Resiliency {
     timeouts: BTreeMap<String, Duration>,
     retries: BTreeMap<String, RetryPolicy>,
     circuit_breakers: BTreeMap<String, CircuitBreakerSpec>,
+    trips: BTreeMap<String, TripExpression>,
     apps: BTreeMap<String, TargetPolicies>,
     components: BTreeMap<String, (TargetPolicies, TargetPolicies)>,
+    breakers: Arc<Mutex<BreakersByPolicy>>,
 }
 
+/// Policy name → target → its running breaker.
+type BreakersByPolicy = HashMap<String, HashMap<String, Arc<CircuitBreaker>>>;
+
 impl Resiliency {
+    /// Like `from_specs`, but an invalid trip expression is an error naming its field.
+    pub fn try_from_specs(specs: &[ResiliencySpec]) -> Result<Self, ResiliencyError> {
+        for spec in specs {
+            for (name, cb) in &spec.circuit_breakers {
+                TripExpression::parse(&cb.trip).map_err(|e| ResiliencyError {
+                    origin: spec.origin.clone(),
+                    field: format!("spec.policies.circuitBreakers.{name}.trip"),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        Ok(Self::from_specs(specs))
+    }
+
+    /// Merges the specs. An invalid trip expression (which `try_from_specs` refuses) falls back
+    /// to Dapr's default `consecutiveFailures > 5`.
     pub fn from_specs(specs: &[ResiliencySpec]) -> Self {
         let mut r = Resiliency::default();
         for spec in specs {
@@ -83,9 +126,15 @@ impl Resiliency {
                     .or_insert_with(|| RetryPolicy::from_spec(p));
             }
             for (name, cb) in &spec.circuit_breakers {
-                r.circuit_breakers
-                    .entry(name.clone())
-                    .or_insert_with(|| cb.clone());
+                if r.circuit_breakers.contains_key(name) {
+                    continue;
+                }
+                let trip = TripExpression::parse(&cb.trip).unwrap_or_else(|e| {
+                    tracing::error!("circuit breaker {name}: {e}; using the default trip");
+                    default_trip()
+                });
+                r.trips.insert(name.clone(), trip);
+                r.circuit_breakers.insert(name.clone(), cb.clone());
             }
             for (id, t) in &spec.apps {
                 r.apps.entry(id.clone()).or_insert_with(|| t.clone());
@@ -148,6 +197,73 @@ impl Resiliency {
         }
     }
 
+    /// The resiliency stack for calls to component `name` in `direction` (state and pub/sub
+    /// outbound calls, pub/sub inbound delivery): its timeout, retry (with a budget), breaker
+    /// and a concurrency limit around `inner`. Build it once per component and reuse it; the
+    /// breaker is shared with every other stack of the same policy and component.
+    pub fn component_stack<S, Req, Res, E>(
+        &self,
+        name: &str,
+        kind: ComponentKind,
+        direction: Direction,
+        classify: layers::Classify<Res, E>,
+        inner: S,
+    ) -> tower::util::BoxCloneService<Req, Res, E>
+    where
+        S: tower::Service<Req, Response = Res, Error = E> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        Req: layers::Replay + Send + 'static,
+        Res: Send + 'static,
+        E: layers::PolicyError + Send + 'static,
+    {
+        let policy = self.component(name, kind, direction);
+        let breaker = self.breaker(&policy, name);
+        layers::build_stack(
+            layers::StackSettings {
+                policy,
+                breaker,
+                budget: layers::retry_budget(),
+                concurrency: layers::DEFAULT_TARGET_CONCURRENCY,
+                classify,
+            },
+            inner,
+        )
+    }
+
+    /// The running breaker of `policy` for `target` (an app id, a component name), created
+    /// closed on first use.
+    pub fn breaker(&self, policy: &TargetPolicy, target: &str) -> Option<Arc<CircuitBreaker>> {
+        let (name, spec) = policy.circuit_breaker.as_ref()?;
+        let trip = self.trips.get(name).cloned().unwrap_or_else(default_trip);
+        let mut all = self.breakers.lock();
+        let per_target = all.entry(name.clone()).or_default();
+        if let Some(b) = per_target.get(target) {
+            return Some(b.clone());
+        }
+        if per_target.len() >= DEFAULT_BREAKER_CACHE_SIZE {
+            // Drop closed breakers first: they carry the least information.
+            let victim = per_target
+                .iter()
+                .find(|(_, b)| b.state() == BreakerState::Closed)
+                .or_else(|| per_target.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                per_target.remove(&victim);
+            }
+        }
+        let breaker = Arc::new(CircuitBreaker::new(
+            format!("{name}/{target}"),
+            BreakerSettings {
+                max_requests: spec.max_requests,
+                interval: spec.interval,
+                timeout: spec.timeout,
+                trip,
+            },
+        ));
+        per_target.insert(target.to_string(), breaker.clone());
+        Some(breaker)
+    }
+
     fn has_policy(&self, kind: &str, name: &str) -> bool {
         match kind {
             "Timeout" => self.timeouts.contains_key(name),
@@ -155,6 +271,10 @@ impl Resiliency {
             _ => self.circuit_breakers.contains_key(name),
         }
     }
+}
+
+fn default_trip() -> TripExpression {
+    TripExpression::dapr_default()
 }
 
 #[cfg(test)]
@@ -202,5 +322,105 @@ mod tests {
         assert_eq!(outbound.timeout, Some(Duration::from_secs(7)));
         assert_eq!(r.app("b").retry.unwrap().max_retries, Some(3));
         assert!(Resiliency::default().app("b").retry.is_none());
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum StoreError {
+        Backend,
+        Timeout,
+        Open,
+    }
+
+    impl layers::PolicyError for StoreError {
+        fn timed_out(_: Duration) -> Self {
+            StoreError::Timeout
+        }
+        fn circuit_open(_: &str, _: BreakerRejection) -> Self {
+            StoreError::Open
+        }
+    }
+
+    struct Key(&'static str);
+    impl layers::Replay for Key {
+        fn replay(&self) -> Option<Self> {
+            Some(Key(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn component_stacks_share_breakers_per_component() {
+        let mut spec = ResiliencySpec::default();
+        spec.retries.insert("twice".into(), retry(2));
+        spec.circuit_breakers.insert(
+            "cb".into(),
+            CircuitBreakerSpec {
+                max_requests: 1,
+                interval: Duration::ZERO,
+                timeout: Duration::from_secs(30),
+                trip: "consecutiveFailures >= 3".into(),
+            },
+        );
+        spec.components.insert(
+            "store".into(),
+            tandem_components::spec::resiliency::ComponentTargets {
+                outbound: TargetPolicies {
+                    retry: Some("twice".into()),
+                    circuit_breaker: Some("cb".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let r = Resiliency::try_from_specs(&[spec]).unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = calls.clone();
+        let backend = tower::service_fn(move |_key: Key| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), StoreError>(StoreError::Backend) }
+        });
+        let classify: layers::Classify<(), StoreError> =
+            Arc::new(|r: &Result<(), StoreError>| match r {
+                Ok(()) => layers::CallResult::Status(200),
+                Err(_) => layers::CallResult::Error,
+            });
+        let stack = r.component_stack(
+            "store",
+            ComponentKind::Statestore,
+            Direction::Outbound,
+            classify.clone(),
+            backend.clone(),
+        );
+        // One call: three attempts (two retries), whose failures trip the breaker.
+        assert_eq!(
+            layers::call(stack.clone(), Key("k")).await,
+            Err(StoreError::Backend)
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A second stack for the same component sees the same open breaker.
+        let again = r.component_stack(
+            "store",
+            ComponentKind::Statestore,
+            Direction::Outbound,
+            classify,
+            backend,
+        );
+        assert_eq!(layers::call(again, Key("k")).await, Err(StoreError::Open));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn invalid_trip_names_its_field() {
+        let mut spec = ResiliencySpec::default();
+        spec.circuit_breakers.insert(
+            "cb".into(),
+            CircuitBreakerSpec {
+                max_requests: 1,
+                interval: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+                trip: "consecutiveFailures >".into(),
+            },
+        );
+        let err = Resiliency::try_from_specs(&[spec]).unwrap_err();
+        assert_eq!(err.field, "spec.policies.circuitBreakers.cb.trip");
     }
 }

@@ -1,0 +1,255 @@
+//! The innermost step of an invocation: send the call to a peer sidecar's internal port (trying
+//! the app's instances round-robin and failing over while the request was not delivered), or to
+//! an external HTTP service, on pooled keep-alive connections.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::Service;
+
+use super::headers::{strip_hop_by_hop, INSTANCE_UNAVAILABLE};
+use super::tls::{client_config, https_client, HttpsClient};
+use super::{body_error, Call, CallBody, InvokeError, InvokeTarget};
+use crate::naming::{Balancer, Resolver};
+
+/// Idle keep-alive connections to peers are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per peer.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+#[derive(Clone)]
+pub struct Forward {
+    /// To peer sidecars (plain HTTP).
+    client: Client<HttpConnector, Body>,
+    /// To external services (`http` and `https`), built on first use (loading the system's
+    /// root certificates is not worth delaying every start-up for); `None` when no trusted root
+    /// certificates could be loaded, in which case only `http` endpoints work.
+    external: Arc<tokio::sync::OnceCell<Option<HttpsClient>>>,
+    /// HTTPEndpoints with their own `clientTLS`, by name.
+    endpoint_clients: Arc<HashMap<String, HttpsClient>>,
+    resolver: Arc<Resolver>,
+    balancer: Arc<Balancer>,
+    body_limit: u64,
+}
+
+/// How one attempt at one instance ended.
+enum Attempt {
+    Answered(Response<Body>),
+    /// Not delivered (connection refused, or the callee refused before reaching its app): another
+    /// instance may take it.
+    NotDelivered(InvokeError),
+    Failed(InvokeError),
+}
+
+impl Forward {
+    pub fn new(
+        resolver: Arc<Resolver>,
+        balancer: Arc<Balancer>,
+        endpoint_clients: HashMap<String, HttpsClient>,
+        body_limit: u64,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(connector);
+        Self {
+            client,
+            external: Arc::new(tokio::sync::OnceCell::new()),
+            endpoint_clients: Arc::new(endpoint_clients),
+            resolver,
+            balancer,
+            body_limit,
+        }
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    async fn external_client(&self) -> Option<&HttpsClient> {
+        self.external
+            .get_or_init(|| async {
+                // Reads certificate files: off the async workers.
+                match tokio::task::spawn_blocking(|| client_config(None)).await {
+                    Ok(Ok(config)) => Some(https_client(config)),
+                    Ok(Err(e)) => {
+                        tracing::warn!("https invocation targets are unavailable: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("loading root certificates failed: {e}");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
+    }
+
+    async fn send(&self, call: Call) -> Result<Response<Body>, InvokeError> {
+        match call.target.as_ref() {
+            InvokeTarget::External(endpoint) => {
+                let uri = endpoint.url(&call.path_and_query)?;
+                let mut headers = call.headers;
+                for (name, value) in &endpoint.headers {
+                    headers.insert(name.clone(), value.clone());
+                }
+                let body = match call.body {
+                    CallBody::Buffered(bytes) => Body::from(bytes),
+                    CallBody::Streaming(body) => body,
+                };
+                let client = match self.endpoint_clients.get(&endpoint.name) {
+                    Some(own) => Some(own),
+                    None => self.external_client().await,
+                };
+                let Some(client) = client else {
+                    if uri.scheme_str() == Some("https") {
+                        return Err(InvokeError::NoTrustedRoots);
+                    }
+                    return match self
+                        .attempt(&self.client, uri, &call.method, &headers, body)
+                        .await
+                    {
+                        Attempt::Answered(resp) => Ok(resp),
+                        Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
+                    };
+                };
+                match self
+                    .attempt(client, uri, &call.method, &headers, body)
+                    .await
+                {
+                    Attempt::Answered(resp) => Ok(resp),
+                    Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
+                }
+            }
+            InvokeTarget::App { id, namespace } => {
+                let instances = self.resolver.resolve(id, namespace.as_deref()).await?;
+                let order = self.balancer.order(id, instances);
+                let (buffered, mut streaming) = match call.body {
+                    CallBody::Buffered(bytes) => (Some(bytes), None),
+                    CallBody::Streaming(body) => (None, Some(body)),
+                };
+                let mut last_error = None;
+                for instance in &order {
+                    let body = match (&buffered, streaming.take()) {
+                        (Some(bytes), _) => Body::from(bytes.clone()),
+                        (None, Some(body)) => body,
+                        // A streamed body went to an earlier instance and cannot be sent again.
+                        (None, None) => break,
+                    };
+                    let uri = format!("http://{instance}{}", call.path_and_query);
+                    let uri: Uri = uri.parse().map_err(|_| {
+                        InvokeError::InvalidRequest(format!("{uri:?} is not a valid URL"))
+                    })?;
+                    match self
+                        .attempt(&self.client, uri, &call.method, &call.headers, body)
+                        .await
+                    {
+                        Attempt::Answered(resp) => {
+                            self.balancer.report_success(instance);
+                            return Ok(resp);
+                        }
+                        Attempt::NotDelivered(e) => {
+                            tracing::debug!("instance {instance} of {id} unavailable: {e}");
+                            self.balancer.report_failure(instance);
+                            self.resolver.invalidate(id);
+                            last_error = Some(e);
+                        }
+                        Attempt::Failed(e) => {
+                            self.balancer.report_failure(instance);
+                            self.resolver.invalidate(id);
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(last_error.unwrap_or_else(|| {
+                    InvokeError::Unreachable(format!("no instance of {id} could be reached"))
+                }))
+            }
+        }
+    }
+
+    async fn attempt<C>(
+        &self,
+        client: &Client<C, Body>,
+        uri: Uri,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        body: Body,
+    ) -> Attempt
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        match client.request(req).await {
+            Ok(resp) => {
+                if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
+                    && resp.headers().contains_key(INSTANCE_UNAVAILABLE)
+                {
+                    let error = match resp.headers()[INSTANCE_UNAVAILABLE].as_bytes() {
+                        b"app-unhealthy" => InvokeError::AppUnhealthy,
+                        b"app-unreachable" => {
+                            InvokeError::Unreachable("the app is not listening".into())
+                        }
+                        _ => {
+                            InvokeError::Unreachable("the instance is not serving this app".into())
+                        }
+                    };
+                    return Attempt::NotDelivered(error);
+                }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Attempt::Answered(Response::from_parts(parts, Body::new(body)))
+            }
+            Err(e) if e.is_connect() => {
+                Attempt::NotDelivered(InvokeError::Unreachable(error_chain(&e)))
+            }
+            Err(e) => match body_error(&e, self.body_limit) {
+                too_large @ InvokeError::BodyTooLarge(_) => Attempt::Failed(too_large),
+                _ => Attempt::Failed(InvokeError::Unreachable(error_chain(&e))),
+            },
+        }
+    }
+}
+
+/// The error and its causes in one line (hyper's top-level messages say little on their own).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+impl Service<Call> for Forward {
+    type Response = Response<Body>;
+    type Error = InvokeError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, InvokeError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), InvokeError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(call).await })
+    }
+}
