@@ -72,6 +72,16 @@ struct Entry {
 
 const TYPES: &[Entry] = &[
     Entry {
+        component_type: "state.in-memory",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let store = crate::state::memory::MemoryStore::new(&md, &ctx)?;
+                Ok(Component::State(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
         component_type: "secretstores.local.env",
         versions: &["v1"],
         factory: |md, _| {

@@ -7,6 +7,7 @@ mod health;
 mod metadata;
 mod secrets;
 mod shutdown;
+mod state;
 
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .merge(health::routes())
         .merge(metadata::routes())
         .merge(secrets::routes())
-        .merge(shutdown::routes());
+        .merge(shutdown::routes())
+        .merge(state::routes());
     finish(routes, rt)
 }
 
