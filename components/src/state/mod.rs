@@ -8,9 +8,9 @@
 pub mod etag;
 pub mod memory;
 pub mod options;
-//TMP pub mod postgres;
-//TMP pub mod redis;
-//TMP pub mod sqlite;
+pub mod postgres;
+pub mod redis;
+pub mod sqlite;
 pub mod value;
 
 use std::collections::BTreeMap;
