@@ -51,10 +51,7 @@ impl Backend {
                     ("cleanupInterval".into(), "1s".into()),
                 ],
             ),
-            Backend::Redis(server) => (
-                "state.redis",
-                vec![("redisHost".into(), server.address())],
-            ),
+            Backend::Redis(server) => ("state.redis", vec![("redisHost".into(), server.address())]),
             Backend::Postgres(db) => (
                 "state.postgresql",
                 vec![
@@ -82,7 +79,11 @@ struct Env {
     client: reqwest::Client,
 }
 
-async fn sidecar_for(backend: &Backend, app_id: &str, extra: &[(&str, &str)]) -> (ResourcesDir, Sidecar) {
+async fn sidecar_for(
+    backend: &Backend,
+    app_id: &str,
+    extra: &[(&str, &str)],
+) -> (ResourcesDir, Sidecar) {
     let resources = ResourcesDir::new();
     resources.write("statestore.yaml", &backend.component("statestore", extra));
     let sidecar = Sidecar::builder(BIN)
@@ -213,7 +214,12 @@ async fn values_round_trip_byte_exact(kind: Kind) {
         .map(|(k, v)| format!(r#"{{"key":"{k}","value":{v}}}"#))
         .collect();
     let resp = env.save_raw(&format!("[{}]", items.join(","))).await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{:?}", resp.text().await);
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resp.text().await
+    );
     for (key, value) in cases {
         let (status, body, etag) = env.get_text(key).await;
         assert_eq!(status, StatusCode::OK, "{key}");
@@ -221,7 +227,9 @@ async fn values_round_trip_byte_exact(kind: Kind) {
         assert!(etag.is_some_and(|e| !e.is_empty()), "{key} has an etag");
     }
     // A single-item save takes the single-write path.
-    let resp = env.save_raw(r#"[{"key":"single","value":{"k" :  "v"}}]"#).await;
+    let resp = env
+        .save_raw(r#"[{"key":"single","value":{"k" :  "v"}}]"#)
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.get_text("single").await.1, r#"{"k" :  "v"}"#);
 
@@ -229,10 +237,15 @@ async fn values_round_trip_byte_exact(kind: Kind) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(body.is_empty() && etag.is_none());
 
-    let bulk = env.bulk(&["obj", "string_of_json", "missing", "number"]).await;
+    let bulk = env
+        .bulk(&["obj", "string_of_json", "missing", "number"])
+        .await;
     assert_eq!(bulk.len(), 4);
     assert_eq!(bulk[0]["key"], "obj");
-    assert_eq!(bulk[0]["data"], serde_json::from_str::<Value>(cases[0].1).unwrap());
+    assert_eq!(
+        bulk[0]["data"],
+        serde_json::from_str::<Value>(cases[0].1).unwrap()
+    );
     assert_eq!(bulk[1]["data"], json!("{\"a\":1}"));
     assert!(bulk[0]["etag"].as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(bulk[2], json!({ "key": "missing" }));
@@ -262,8 +275,11 @@ async fn errors_use_dapr_codes(kind: Kind) {
     );
     assert_eq!(
         error_code(
-            env.save_query("?metadata.ttlInSeconds=soon", json!([{ "key": "k", "value": 1 }]))
-                .await
+            env.save_query(
+                "?metadata.ttlInSeconds=soon",
+                json!([{ "key": "k", "value": 1 }])
+            )
+            .await
         )
         .await,
         (StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST".into())
@@ -279,15 +295,29 @@ async fn errors_use_dapr_codes(kind: Kind) {
         (StatusCode::BAD_REQUEST, "ERR_STATE_STORE_NOT_FOUND".into())
     );
     // Malformed and stale etags.
-    assert_eq!(env.save(json!([{ "key": "k", "value": 1 }])).await.status(), StatusCode::NO_CONTENT);
-    let old = env.etag("k").await;
-    assert_eq!(env.save(json!([{ "key": "k", "value": 2 }])).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        error_code(env.save(json!([{ "key": "k", "value": 3, "etag": "not an etag!" }])).await).await,
+        env.save(json!([{ "key": "k", "value": 1 }])).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let old = env.etag("k").await;
+    assert_eq!(
+        env.save(json!([{ "key": "k", "value": 2 }])).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        error_code(
+            env.save(json!([{ "key": "k", "value": 3, "etag": "not an etag!" }]))
+                .await
+        )
+        .await,
         (StatusCode::BAD_REQUEST, "ERR_STATE_SAVE".into())
     );
     assert_eq!(
-        error_code(env.save(json!([{ "key": "k", "value": 3, "etag": old }])).await).await,
+        error_code(
+            env.save(json!([{ "key": "k", "value": 3, "etag": old }]))
+                .await
+        )
+        .await,
         (StatusCode::CONFLICT, "ERR_STATE_SAVE".into())
     );
     assert_eq!(
@@ -301,11 +331,16 @@ async fn errors_use_dapr_codes(kind: Kind) {
     assert_eq!(env.get_text("k").await.1, "2");
     assert_eq!(
         error_code(
-            env.transaction(json!({ "operations": [{ "operation": "merge", "request": { "key": "k" } }] }))
-                .await
+            env.transaction(
+                json!({ "operations": [{ "operation": "merge", "request": { "key": "k" } }] })
+            )
+            .await
         )
         .await,
-        (StatusCode::BAD_REQUEST, "ERR_NOT_SUPPORTED_STATE_OPERATION".into())
+        (
+            StatusCode::BAD_REQUEST,
+            "ERR_NOT_SUPPORTED_STATE_OPERATION".into()
+        )
     );
     assert_eq!(
         env.transaction(json!({ "operations": [] })).await.status(),
@@ -317,9 +352,13 @@ async fn etags_and_first_write(kind: Kind) {
     let env = Env::start(kind).await;
     let first_write = json!({ "concurrency": "first-write" });
     // First-write on a new key succeeds, on an existing key without an etag fails.
-    let resp = env.save(json!([{ "key": "fw", "value": 1, "options": first_write }])).await;
+    let resp = env
+        .save(json!([{ "key": "fw", "value": 1, "options": first_write }]))
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let resp = env.save(json!([{ "key": "fw", "value": 2, "options": first_write }])).await;
+    let resp = env
+        .save(json!([{ "key": "fw", "value": 2, "options": first_write }]))
+        .await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     // With the current etag it succeeds, and the etag changes.
     let etag = env.etag("fw").await;
@@ -337,14 +376,22 @@ async fn etags_and_first_write(kind: Kind) {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     // Delete with the current etag.
     let etag = env.etag("fw").await;
-    assert_eq!(env.delete("fw", Some(&etag)).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.delete("fw", Some(&etag)).await.status(),
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(env.get("fw").await.status(), StatusCode::NO_CONTENT);
     // A delete without an etag of a missing key is fine.
-    assert_eq!(env.delete("fw", None).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.delete("fw", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
 
     // An etag for a key that does not exist: Redis checks etags only on existing keys.
     let stale = env.etag_of_deleted_key().await;
-    let resp = env.save(json!([{ "key": "ghost", "value": 1, "etag": stale }])).await;
+    let resp = env
+        .save(json!([{ "key": "ghost", "value": 1, "etag": stale }]))
+        .await;
     if kind == Kind::Redis {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     } else {
@@ -357,11 +404,16 @@ impl Env {
     /// A well-formed etag of a key that no longer exists.
     async fn etag_of_deleted_key(&self) -> String {
         assert_eq!(
-            self.save(json!([{ "key": "gone", "value": 1 }])).await.status(),
+            self.save(json!([{ "key": "gone", "value": 1 }]))
+                .await
+                .status(),
             StatusCode::NO_CONTENT
         );
         let etag = self.etag("gone").await;
-        assert_eq!(self.delete("gone", None).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            self.delete("gone", None).await.status(),
+            StatusCode::NO_CONTENT
+        );
         etag
     }
 }
@@ -377,7 +429,12 @@ async fn bulk_set_with_one_bad_etag_fails_only_that_key(kind: Kind) {
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let stale = env.etag("b2").await;
-    assert_eq!(env.save(json!([{ "key": "b2", "value": "two-b" }])).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.save(json!([{ "key": "b2", "value": "two-b" }]))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let resp = env
         .save(json!([
             { "key": "b1", "value": "ONE" },
@@ -385,7 +442,10 @@ async fn bulk_set_with_one_bad_etag_fails_only_that_key(kind: Kind) {
             { "key": "b3", "value": "THREE" },
         ]))
         .await;
-    assert_eq!(error_code(resp).await, (StatusCode::CONFLICT, "ERR_STATE_SAVE".into()));
+    assert_eq!(
+        error_code(resp).await,
+        (StatusCode::CONFLICT, "ERR_STATE_SAVE".into())
+    );
     assert_eq!(env.get_text("b1").await.1, r#""ONE""#);
     assert_eq!(env.get_text("b2").await.1, r#""two-b""#);
     assert_eq!(env.get_text("b3").await.1, r#""THREE""#);
@@ -393,7 +453,12 @@ async fn bulk_set_with_one_bad_etag_fails_only_that_key(kind: Kind) {
 
 async fn transactions_apply_in_order_all_or_nothing(kind: Kind) {
     let env = Env::start(kind).await;
-    assert_eq!(env.save(json!([{ "key": "k1", "value": 1 }])).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.save(json!([{ "key": "k1", "value": 1 }]))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let resp = env
         .transaction(json!({
             "operations": [
@@ -405,7 +470,12 @@ async fn transactions_apply_in_order_all_or_nothing(kind: Kind) {
             "metadata": null
         }))
         .await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{:?}", resp.text().await);
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resp.text().await
+    );
     assert_eq!(env.get("k1").await.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.get("k2").await.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.get_text("k3").await.1, r#"{"three":3}"#);
@@ -442,7 +512,12 @@ async fn transactions_apply_in_order_all_or_nothing(kind: Kind) {
         }))
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert!(env.get("k6").await.headers().get("metadata.ttlExpireTime").is_some());
+    assert!(env
+        .get("k6")
+        .await
+        .headers()
+        .get("metadata.ttlExpireTime")
+        .is_some());
 }
 
 async fn ttl_expires_and_can_be_removed(kind: Kind) {
@@ -454,7 +529,10 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = env.get("short").await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let expire = resp.headers().get("metadata.ttlExpireTime").expect("ttlExpireTime header");
+    let expire = resp
+        .headers()
+        .get("metadata.ttlExpireTime")
+        .expect("ttlExpireTime header");
     assert!(chrono::DateTime::parse_from_rfc3339(expire.to_str().unwrap()).is_ok());
     assert!(
         eventually(Duration::from_secs(15), || async {
@@ -468,10 +546,18 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
 
     // Request-level TTL, then removed by a later write without TTL, or by -1.
     let resp = env
-        .save_query("?metadata.ttlInSeconds=1", json!([{ "key": "kept", "value": 1 }, { "key": "kept2", "value": 2 }]))
+        .save_query(
+            "?metadata.ttlInSeconds=1",
+            json!([{ "key": "kept", "value": 1 }, { "key": "kept2", "value": 2 }]),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert!(env.get("kept").await.headers().get("metadata.ttlExpireTime").is_some());
+    assert!(env
+        .get("kept")
+        .await
+        .headers()
+        .get("metadata.ttlExpireTime")
+        .is_some());
     let resp = env.save(json!([{ "key": "kept", "value": 1 }])).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = env
@@ -479,7 +565,12 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     for key in ["kept", "kept2"] {
-        assert!(env.get(key).await.headers().get("metadata.ttlExpireTime").is_none());
+        assert!(env
+            .get(key)
+            .await
+            .headers()
+            .get("metadata.ttlExpireTime")
+            .is_none());
     }
     // Past the original expiry both are still there.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -493,14 +584,29 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert!(env.get("over").await.headers().get("metadata.ttlExpireTime").is_some());
+    assert!(env
+        .get("over")
+        .await
+        .headers()
+        .get("metadata.ttlExpireTime")
+        .is_some());
 }
 
 async fn app_ids_do_not_see_each_others_keys(kind: Kind) {
     let env = Env::start(kind).await;
     let (_res_b, b) = sidecar_for(&env.backend, "other-app", &[]).await;
-    assert_eq!(env.save(json!([{ "key": "mine", "value": "a" }])).await.status(), StatusCode::NO_CONTENT);
-    let resp = env.client.get(b.url("/v1.0/state/statestore/mine")).send().await.unwrap();
+    assert_eq!(
+        env.save(json!([{ "key": "mine", "value": "a" }]))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let resp = env
+        .client
+        .get(b.url("/v1.0/state/statestore/mine"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = env
         .client
@@ -511,7 +617,12 @@ async fn app_ids_do_not_see_each_others_keys(kind: Kind) {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.get_text("mine").await.1, r#""a""#);
-    let resp = env.client.get(b.url("/v1.0/state/statestore/mine")).send().await.unwrap();
+    let resp = env
+        .client
+        .get(b.url("/v1.0/state/statestore/mine"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.text().await.unwrap(), r#""b""#);
 
     // keyPrefix name: two apps on a shared (durable) store see the same keys.
@@ -526,7 +637,12 @@ async fn app_ids_do_not_see_each_others_keys(kind: Kind) {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        let resp = env.client.get(s2.url("/v1.0/state/statestore/shared")).send().await.unwrap();
+        let resp = env
+            .client
+            .get(s2.url("/v1.0/state/statestore/shared"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.text().await.unwrap(), r#""s""#);
     }
 }
@@ -534,7 +650,12 @@ async fn app_ids_do_not_see_each_others_keys(kind: Kind) {
 async fn concurrent_read_modify_write_loses_no_update(kind: Kind) {
     let env = Arc::new(Env::start(kind).await);
     const CLIENTS: usize = 8;
-    assert_eq!(env.save(json!([{ "key": "counter", "value": 0 }])).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.save(json!([{ "key": "counter", "value": 0 }]))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
         let env = env.clone();
@@ -617,13 +738,23 @@ conformance!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_test_next_calls_succeed() {
     let mut env = Env::start(Kind::Redis).await;
-    assert_eq!(env.save(json!([{ "key": "before", "value": 1 }])).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.save(json!([{ "key": "before", "value": 1 }]))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     match &mut env.backend {
         Backend::Redis(server) => server.restart().await,
         _ => unreachable!(),
     }
     let resp = env.save(json!([{ "key": "after", "value": 2 }])).await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{:?}", resp.text().await);
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resp.text().await
+    );
     assert_eq!(env.get_text("after").await.1, "2");
     let bulk = env.bulk(&["after", "before"]).await;
     assert_eq!(bulk[0]["data"], json!(2));
@@ -661,10 +792,20 @@ async fn no_state_store_is_not_configured() {
         "secrets.yaml",
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: env\nspec:\n  type: secretstores.local.env\n  version: v1\n  metadata: []\n",
     );
-    let sidecar = Sidecar::builder(BIN).resources(resources.path()).start().await;
-    let resp = http().get(sidecar.url("/v1.0/state/statestore/k")).send().await.unwrap();
+    let sidecar = Sidecar::builder(BIN)
+        .resources(resources.path())
+        .start()
+        .await;
+    let resp = http()
+        .get(sidecar.url("/v1.0/state/statestore/k"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         error_code(resp).await,
-        (StatusCode::INTERNAL_SERVER_ERROR, "ERR_STATE_STORE_NOT_CONFIGURED".into())
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_STATE_STORE_NOT_CONFIGURED".into()
+        )
     );
 }

@@ -9,7 +9,16 @@ pub struct PostgresDb {
 
 fn psql(sql: &str) -> Result<(), String> {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
         .stdin(Stdio::null())
         .output()
@@ -31,13 +40,19 @@ impl PostgresDb {
 
     /// A connection string for components (`key=value` form).
     pub fn connection_string(&self) -> String {
-        format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name)
+        format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            self.name
+        )
     }
 }
 
 impl Drop for PostgresDb {
     fn drop(&mut self) {
-        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 
@@ -47,5 +62,10 @@ fn uuid_like() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{:x}_{:x}_{}", nanos, std::process::id(), crate::free_port())
+    format!(
+        "{:x}_{:x}_{}",
+        nanos,
+        std::process::id(),
+        crate::free_port()
+    )
 }

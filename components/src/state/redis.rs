@@ -119,7 +119,11 @@ fn is_mismatch(e: &RedisError) -> bool {
 
 /// Errors after which the same call is worth sending again (the connection manager reconnects).
 fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
 }
 
 /// `host:port` (port 6379 when left out).
@@ -235,8 +239,10 @@ impl RedisStore {
     {
         let mut attempt = 0u64;
         let mut delay = self.min_retry_interval;
+        // Retries stay on the same connection, which reconnects itself after a failure.
+        let conn = self.connection();
         loop {
-            match call(self.connection()).await {
+            match call(conn.clone()).await {
                 Err(e) if is_transient(&e) && attempt < self.max_retries => {
                     attempt += 1;
                     tracing::debug!(

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use tokio::task::JoinHandle;
 
 use super::etag::{check_write, is_uuid, new_uuid};
@@ -329,7 +331,9 @@ impl StateStore for SqliteStore {
 
     async fn set(&self, req: SetRequest) -> Result<(), StateError> {
         self.with_conn(move |conn, table| {
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             do_set(&tx, table, &req)?;
             tx.commit().map_err(backend)
         })
@@ -338,7 +342,9 @@ impl StateStore for SqliteStore {
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), StateError> {
         self.with_conn(move |conn, table| {
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             do_delete(&tx, table, &req)?;
             tx.commit().map_err(backend)
         })
@@ -348,7 +354,9 @@ impl StateStore for SqliteStore {
     async fn transact(&self, ops: Vec<TransactionOperation>) -> Result<(), StateError> {
         self.with_conn(move |conn, table| {
             // Dropping the transaction on an error rolls everything back.
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             for op in &ops {
                 match op {
                     TransactionOperation::Upsert(req) => do_set(&tx, table, req)?,
