@@ -1,0 +1,186 @@
+//! Store-level checks that the HTTP API cannot reach: arbitrary binary values (not UTF-8, not
+//! JSON) round-trip byte-exact on every store, and PostgreSQL keeps canonical JSON as jsonb.
+
+use bytes::Bytes;
+use tandem_components::registry::{self, BuildContext, Component};
+use tandem_components::state::{GetRequest, SetRequest, StateStore, TransactionOperation};
+use tandem_components::Metadata;
+use tandem_testkit::{PostgresDb, RedisServer};
+
+async fn build(ty: &str, md: &[(&str, String)]) -> std::sync::Arc<dyn StateStore> {
+    let metadata: Metadata = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let ctx = BuildContext {
+        name: "store".into(),
+        app_id: "app".into(),
+        namespace: None,
+    };
+    match registry::build(ty, "v1", metadata, ctx).await {
+        Ok(Component::State(s)) => s,
+        Ok(_) => panic!("not a state store"),
+        Err(e) => panic!("build {ty}: {e}"),
+    }
+}
+
+const VALUES: &[&[u8]] = &[
+    b"\x00\x01\x02\xff\xfe binary",
+    b"not json at all",
+    "plain unicode \u{1F600}".as_bytes(),
+    br#"{"json": true}"#,
+    br#"{"json":true}"#,
+    b"",
+];
+
+fn get(key: &str) -> GetRequest {
+    GetRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+async fn binary_round_trip(store: &dyn StateStore) {
+    for (i, value) in VALUES.iter().enumerate() {
+        let key = format!("bin-{i}");
+        store
+            .set(SetRequest {
+                key: key.clone(),
+                value: Bytes::from_static(value),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let item = store.get(get(&key)).await.unwrap().expect("stored");
+        assert_eq!(item.data.as_ref(), *value, "value {i}");
+        assert!(item.etag.is_some());
+    }
+    // Through a transaction and a bulk get too.
+    store
+        .transact(vec![TransactionOperation::Upsert(SetRequest {
+            key: "bin-tx".into(),
+            value: Bytes::from_static(b"\xde\xad\xbe\xef"),
+            ..Default::default()
+        })])
+        .await
+        .unwrap();
+    let bulk = store
+        .bulk_get(vec![get("bin-0"), get("bin-tx"), get("nothing")], 4)
+        .await;
+    let data = |i: usize| {
+        bulk[i]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .map(|item| item.data.clone())
+    };
+    assert_eq!(data(0).unwrap().as_ref(), VALUES[0]);
+    assert_eq!(data(1).unwrap().as_ref(), b"\xde\xad\xbe\xef");
+    assert!(data(2).is_none());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn binary_values_in_memory() {
+    binary_round_trip(build("state.in-memory", &[]).await.as_ref()).await;
+}
+
+#[tokio::test]
+async fn binary_values_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db").display().to_string();
+    let store = build("state.sqlite", &[("connectionString", path)]).await;
+    binary_round_trip(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn binary_values_sqlite_memory_database() {
+    let store = build("state.sqlite", &[("connectionString", ":memory:".into())]).await;
+    binary_round_trip(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn binary_values_redis() {
+    let redis = RedisServer::start().await;
+    let store = build("state.redis", &[("redisHost", redis.address())]).await;
+    binary_round_trip(store.as_ref()).await;
+}
+
+fn psql(db: &PostgresDb, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &db.name,
+            "-At",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn binary_values_postgres_and_v1_layout() {
+    let db = PostgresDb::create();
+    let store = build(
+        "state.postgresql",
+        &[
+            ("connectionString", db.connection_string()),
+            ("tableName", "mystate".into()),
+        ],
+    )
+    .await;
+    binary_round_trip(store.as_ref()).await;
+    // Canonical JSON is kept as jsonb; everything else is flagged binary.
+    let rows = psql(
+        &db,
+        "SELECT key, isbinary, jsonb_typeof(value) FROM mystate ORDER BY key",
+    );
+    assert!(rows.contains("bin-3|f|object"), "{rows}");
+    assert!(rows.contains("bin-4|t|string"), "{rows}");
+    assert!(rows.contains("bin-0|t|string"), "{rows}");
+    let migrations = psql(
+        &db,
+        "SELECT value FROM dapr_metadata WHERE key = 'migrations'",
+    );
+    assert_eq!(migrations.trim(), "2");
+    let columns = psql(
+        &db,
+        "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'mystate'",
+    );
+    assert_eq!(
+        columns.trim(),
+        "key,value,isbinary,insertdate,updatedate,expiredate"
+    );
+}
+
+#[tokio::test]
+async fn postgres_cleanup_deletes_expired_rows() {
+    let db = PostgresDb::create();
+    let store = build(
+        "state.postgresql",
+        &[
+            ("connectionString", db.connection_string()),
+            ("cleanupInterval", "1s".into()),
+        ],
+    )
+    .await;
+    store
+        .set(SetRequest {
+            key: "short".into(),
+            value: Bytes::from_static(b"1"),
+            ttl: tandem_components::state::Ttl::Seconds(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gone = tandem_testkit::eventually(std::time::Duration::from_secs(15), || async {
+        psql(&db, "SELECT count(*) FROM state").trim() == "0"
+    })
+    .await;
+    assert!(gone, "the expired row was never deleted");
+    store.close().await;
+}
