@@ -809,3 +809,149 @@ async fn no_state_store_is_not_configured() {
         )
     );
 }
+
+/// Writes a CA and a server certificate for 127.0.0.1 (openssl CLI) into `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let port = tandem_testkit::free_port();
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    let mut server = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let resources = ResourcesDir::new();
+    resources.write(
+        "statestore.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: \"127.0.0.1:{port}\"\n  - name: enableTLS\n    value: \"true\"\n  - name: caCert\n    value: {}\n",
+            json!(ca)
+        ),
+    );
+    let sidecar = Sidecar::builder(BIN)
+        .resources(resources.path())
+        .start()
+        .await;
+    let client = http();
+    let resp = client
+        .post(sidecar.url("/v1.0/state/statestore"))
+        .json(&json!([{ "key": "secure", "value": { "tls": true } }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
+    let resp = client
+        .get(sidecar.url("/v1.0/state/statestore/secure"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), r#"{"tls":true}"#);
+
+    // Without the CA the server is not trusted and the component fails to initialise.
+    let untrusted = ResourcesDir::new();
+    untrusted.write(
+        "statestore.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  initTimeout: 3s\n  metadata:\n  - name: redisHost\n    value: \"127.0.0.1:{port}\"\n  - name: enableTLS\n    value: \"true\"\n  - name: redisMaxRetries\n    value: \"0\"\n"
+        ),
+    );
+    let mut failing = Sidecar::builder(BIN).resources(untrusted.path()).spawn();
+    let status = tokio::time::timeout(Duration::from_secs(30), failing.wait())
+        .await
+        .expect("the sidecar exits");
+    assert!(!status.success());
+    let _ = server.kill().await;
+}

@@ -138,6 +138,36 @@ fn split_host(text: &str) -> Result<(String, u16), BuildError> {
     }
 }
 
+/// A TLS client (rustls with the ring provider) that verifies the server against the system's
+/// roots, or against `caCert` (PEM) when given; `clientCert` + `clientKey` (PEM) enable mTLS.
+fn tls_client(md: &Metadata, info: redis::ConnectionInfo) -> Result<redis::Client, BuildError> {
+    // Another crate may have installed a provider already; either way one is in place after this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_tls = match (
+        md.get_non_empty("clientCert"),
+        md.get_non_empty("clientKey"),
+    ) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: cert.as_bytes().to_vec(),
+            client_key: key.as_bytes().to_vec(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(BuildError::Init(
+                "clientCert and clientKey must be given together".into(),
+            ))
+        }
+    };
+    let certs = redis::TlsCertificates {
+        client_tls,
+        root_cert: md
+            .get_non_empty("caCert")
+            .map(|pem| pem.as_bytes().to_vec()),
+    };
+    redis::Client::build_with_tls(info, certs)
+        .map_err(|e| BuildError::Init(format!("redis TLS settings: {e}")))
+}
+
 impl RedisStore {
     pub async fn new(md: &Metadata, ctx: &BuildContext) -> Result<Self, BuildError> {
         let options = StoreOptions::from_metadata(md, ctx)?;
@@ -148,11 +178,7 @@ impl RedisStore {
                     .into(),
             ));
         }
-        if md.get_bool("enableTLS", false)? {
-            return Err(BuildError::Init(
-                "enableTLS=true is not supported by this build's state.redis; use a TLS-terminating proxy or set enableTLS to false".into(),
-            ));
-        }
+        let tls = md.get_bool("enableTLS", false)?;
         if let Some(kind) = md.get_non_empty("redisType") {
             if !kind.eq_ignore_ascii_case("node") {
                 return Err(BuildError::Init(format!(
@@ -173,10 +199,18 @@ impl RedisStore {
         if let Some(password) = md.get("redisPassword").filter(|p| !p.is_empty()) {
             redis_info = redis_info.set_password(password);
         }
-        let info = (host.as_str(), port)
-            .into_connection_info()
-            .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
-            .set_redis_settings(redis_info);
+        let info = if tls {
+            let url_host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            format!("rediss://{url_host}:{port}").into_connection_info()
+        } else {
+            (host.as_str(), port).into_connection_info()
+        }
+        .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
+        .set_redis_settings(redis_info);
         let ms = Duration::from_millis(1);
         let secs = Duration::from_secs(1);
         let dial = md.get_duration("dialTimeout", secs, DEFAULT_DIAL_TIMEOUT)?;
@@ -194,8 +228,11 @@ impl RedisStore {
             n if n > 0 => u64::try_from(n).ok(),
             _ => None,
         };
-        let client =
-            redis::Client::open(info).map_err(|e| BuildError::Init(format!("redis: {e}")))?;
+        let client = if tls {
+            tls_client(md, info)?
+        } else {
+            redis::Client::open(info).map_err(|e| BuildError::Init(format!("redis: {e}")))?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(dial))
             .set_response_timeout(Some(read.max(write)))
