@@ -184,3 +184,166 @@ async fn postgres_cleanup_deletes_expired_rows() {
     assert!(gone, "the expired row was never deleted");
     store.close().await;
 }
+
+#[tokio::test]
+async fn postgres_from_separate_connection_fields() {
+    let db = PostgresDb::create();
+    let store = build(
+        "state.postgresql",
+        &[
+            ("host", "127.0.0.1".into()),
+            ("port", "5432".into()),
+            ("user", "postgres".into()),
+            ("database", db.name.clone()),
+            ("metadataTableName", "my_meta".into()),
+        ],
+    )
+    .await;
+    binary_round_trip(store.as_ref()).await;
+    assert_eq!(
+        psql(&db, "SELECT value FROM my_meta WHERE key = 'migrations'").trim(),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_cleanup_deletes_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = build(
+        "state.sqlite",
+        &[
+            ("connectionString", path.display().to_string()),
+            ("cleanupInterval", "1s".into()),
+            ("tableName", "kv".into()),
+        ],
+    )
+    .await;
+    store
+        .set(SetRequest {
+            key: "short".into(),
+            value: Bytes::from_static(b"1"),
+            ttl: tandem_components::state::Ttl::Seconds(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let count = || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert_eq!(count(), 1);
+    let gone = tandem_testkit::eventually(std::time::Duration::from_secs(15), || async {
+        count() == 0
+    })
+    .await;
+    assert!(gone, "the expired row was never deleted");
+    store.close().await;
+}
+
+/// A redis-server with a password, killed on drop.
+struct PasswordRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn redis_password_username_and_database() {
+    let port = tandem_testkit::free_port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--requirepass", "s3cret"])
+        .args(["--user", "tandem", "on", ">userpass", "~*", "+@all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = PasswordRedis { port, child };
+    assert!(
+        tandem_testkit::eventually(std::time::Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let host = format!("127.0.0.1:{}", server.port);
+    let store = build(
+        "state.redis",
+        &[
+            ("redisHost", host.clone()),
+            ("redisPassword", "s3cret".into()),
+            ("redisDB", "3".into()),
+            ("poolSize", "2".into()),
+            ("dialTimeout", "2s".into()),
+            ("readTimeout", "2s".into()),
+        ],
+    )
+    .await;
+    store
+        .set(SetRequest {
+            key: "in-db-3".into(),
+            value: Bytes::from_static(b"\"x\""),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "--no-auth-warning"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        cli(&["-a", "s3cret", "-n", "3", "HGET", "in-db-3", "data"]),
+        "\"x\""
+    );
+    assert_eq!(
+        cli(&["-a", "s3cret", "-n", "3", "HGET", "in-db-3", "version"]),
+        "1"
+    );
+    assert_eq!(cli(&["-a", "s3cret", "-n", "0", "EXISTS", "in-db-3"]), "0");
+    store.close().await;
+
+    // ACL user and password.
+    let store = build(
+        "state.redis",
+        &[
+            ("redisHost", host.clone()),
+            ("redisUsername", "tandem".into()),
+            ("redisPassword", "userpass".into()),
+        ],
+    )
+    .await;
+    assert!(store.get(get("anything")).await.unwrap().is_none());
+
+    // A wrong password fails initialisation.
+    let metadata: Metadata = [("redisHost", host), ("redisPassword", "wrong".into())]
+        .into_iter()
+        .collect();
+    let ctx = BuildContext {
+        name: "store".into(),
+        app_id: "app".into(),
+        namespace: None,
+    };
+    assert!(registry::build("state.redis", "v1", metadata, ctx)
+        .await
+        .is_err());
+}
