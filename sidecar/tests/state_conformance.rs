@@ -712,6 +712,69 @@ async fn metadata_reports_capabilities(kind: Kind) {
     assert_eq!(store["version"], "v1");
 }
 
+async fn http_surface_options(kind: Kind) {
+    let env = Env::start(kind).await;
+    // PUT saves like POST; `bulk` and `transaction` are ordinary keys for GET and DELETE.
+    let resp = env
+        .client
+        .put(env.url(""))
+        .json(&json!([
+            { "key": "bulk", "value": "b", "options": { "consistency": "strong" } },
+            { "key": "transaction", "value": "t" },
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(env.get_text("bulk").await.1, r#""b""#);
+    assert_eq!(env.get_text("transaction").await.1, r#""t""#);
+    let resp = env
+        .client
+        .get(env.url("/bulk?consistency=strong&metadata.partitionKey=p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = env
+        .client
+        .delete(env.url("/transaction?concurrency=first-write&consistency=strong&metadata.x=y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.get("transaction").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // PUT works for bulk get and transactions too.
+    let resp = env
+        .client
+        .put(env.url("/bulk"))
+        .json(&json!({ "keys": ["bulk"] }))
+        .send()
+        .await
+        .unwrap();
+    let items: Value = resp.json().await.unwrap();
+    assert_eq!(items[0]["data"], "b");
+    let resp = env
+        .client
+        .put(env.url("/transaction"))
+        .json(&json!({ "operations": [{ "operation": "delete", "request": { "key": "bulk" } }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(env.get("bulk").await.status(), StatusCode::NO_CONTENT);
+    // An unknown concurrency model is refused.
+    let resp = env
+        .save(json!([{ "key": "k", "value": 1, "options": { "concurrency": "whatever" } }]))
+        .await;
+    assert_eq!(
+        error_code(resp).await,
+        (StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST".into())
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Memory).await } )* }
@@ -731,6 +794,7 @@ conformance!(
     app_ids_do_not_see_each_others_keys,
     concurrent_read_modify_write_loses_no_update,
     metadata_reports_capabilities,
+    http_surface_options,
 );
 
 // --- backend-specific ----------------------------------------------------------------------

@@ -40,14 +40,25 @@ pub fn routes() -> Router<Arc<Runtime>> {
         // `bulk` and `transaction` are also valid key names for GET and DELETE.
         .route(
             "/v1.0/state/{store}/bulk",
-            post(bulk_get).put(bulk_get).get(get_one).delete(delete_one),
+            post(bulk_get)
+                .put(bulk_get)
+                .get(|rt, Path(store): Path<String>, query| {
+                    get_state(rt, store, "bulk".into(), query)
+                })
+                .delete(|rt, Path(store): Path<String>, query, headers| {
+                    delete_state(rt, store, "bulk".into(), query, headers)
+                }),
         )
         .route(
             "/v1.0/state/{store}/transaction",
             post(transaction)
                 .put(transaction)
-                .get(get_one)
-                .delete(delete_one),
+                .get(|rt, Path(store): Path<String>, query| {
+                    get_state(rt, store, "transaction".into(), query)
+                })
+                .delete(|rt, Path(store): Path<String>, query, headers| {
+                    delete_state(rt, store, "transaction".into(), query, headers)
+                }),
         )
         .route("/v1.0/state/{store}/{key}", get(get_one).delete(delete_one))
 }
@@ -299,8 +310,17 @@ fn item_response(item: StateItem) -> Response {
 }
 
 async fn get_one(
-    State(rt): State<Arc<Runtime>>,
+    rt: State<Arc<Runtime>>,
     Path((store_name, key)): Path<(String, String)>,
+    query: Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    get_state(rt, store_name, key, query).await
+}
+
+async fn get_state(
+    State(rt): State<Arc<Runtime>>,
+    store_name: String,
+    key: String,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let store = lookup(&rt, &store_name)?;
@@ -323,8 +343,18 @@ async fn get_one(
 }
 
 async fn delete_one(
-    State(rt): State<Arc<Runtime>>,
+    rt: State<Arc<Runtime>>,
     Path((store_name, key)): Path<(String, String)>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete_state(rt, store_name, key, query, headers).await
+}
+
+async fn delete_state(
+    State(rt): State<Arc<Runtime>>,
+    store_name: String,
+    key: String,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
