@@ -55,7 +55,14 @@ impl Backend {
             Backend::Postgres(db) => (
                 "state.postgresql",
                 vec![
-                    ("connectionString".into(), db.connection_string()),
+                    // pgx syntax, as in Dapr's docs (`database`, pool options).
+                    (
+                        "connectionString".into(),
+                        format!(
+                            "host=127.0.0.1 user=postgres port=5432 connect_timeout=10 database={} pool_max_conns=8",
+                            db.name
+                        ),
+                    ),
                     ("cleanupInterval".into(), "1s".into()),
                 ],
             ),

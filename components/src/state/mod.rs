@@ -9,6 +9,7 @@ pub mod etag;
 pub mod memory;
 pub mod options;
 pub mod postgres;
+pub mod postgres_connection;
 pub mod redis;
 pub mod sqlite;
 pub mod value;

@@ -17,6 +17,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::task::JoinHandle;
 use tokio_postgres::{GenericClient, NoTls};
 
+use super::postgres_connection::normalize;
 use super::sqlite::valid_identifier;
 use super::value::{expiry_from_millis, from_base64, is_canonical_jsonb, to_base64};
 use super::{
@@ -90,8 +91,15 @@ pub struct PostgresStore {
 
 fn pg_config(md: &Metadata) -> Result<tokio_postgres::Config, BuildError> {
     if let Some(conn) = md.get_non_empty("connectionString") {
-        return tokio_postgres::Config::from_str(conn)
-            .map_err(|e| BuildError::Init(format!("connectionString: {e}")));
+        let config = tokio_postgres::Config::from_str(&normalize(conn))
+            .map_err(|e| BuildError::Init(format!("connectionString: {e}")))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(BuildError::Init(
+                "sslmode=require: TLS connections to PostgreSQL are not supported by this build"
+                    .into(),
+            ));
+        }
+        return Ok(config);
     }
     let mut config = tokio_postgres::Config::new();
     config.host(md.require("host")?);
