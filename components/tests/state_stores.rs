@@ -104,6 +104,64 @@ async fn binary_values_redis() {
     binary_round_trip(store.as_ref()).await;
 }
 
+#[tokio::test]
+async fn redis_plain_strings_are_read_and_other_types_fail_only_their_key() {
+    let redis = RedisServer::start().await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    cli(&["SET", "legacy", "{\"old\":true}"]);
+    cli(&["RPUSH", "a-list", "x"]);
+    let store = build("state.redis", &[("redisHost", redis.address())]).await;
+    store
+        .set(SetRequest {
+            key: "fresh".into(),
+            value: Bytes::from_static(b"1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let item = store.get(get("legacy")).await.unwrap().unwrap();
+    assert_eq!(item.data.as_ref(), br#"{"old":true}"#);
+    assert_eq!(item.etag, None);
+    let bulk = store
+        .bulk_get(
+            vec![get("legacy"), get("a-list"), get("fresh"), get("none")],
+            4,
+        )
+        .await;
+    assert!(bulk[0].result.as_ref().unwrap().is_some());
+    assert!(bulk[1].result.is_err(), "a list is not a state value");
+    assert_eq!(
+        bulk[2]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .etag
+            .as_deref(),
+        Some("1")
+    );
+    assert!(bulk[3].result.as_ref().unwrap().is_none());
+    // Writing over a plain string replaces it with a versioned value.
+    store
+        .set(SetRequest {
+            key: "legacy".into(),
+            value: Bytes::from_static(b"2"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let item = store.get(get("legacy")).await.unwrap().unwrap();
+    assert_eq!(item.etag.as_deref(), Some("1"));
+}
+
 fn psql(db: &PostgresDb, sql: &str) -> String {
     let out = std::process::Command::new("psql")
         .args([

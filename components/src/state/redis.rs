@@ -309,6 +309,22 @@ impl RedisStore {
         }
     }
 
+    /// A key holding a plain string: its value, without an etag.
+    async fn plain_get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
+        let data: Option<Vec<u8>> = self
+            .with_retry(|mut conn| {
+                let key = key.to_string();
+                async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }
+            })
+            .await
+            .map_err(backend)?;
+        Ok(data.map(|data| StateItem {
+            data: Bytes::from(data),
+            etag: None,
+            metadata: BTreeMap::new(),
+        }))
+    }
+
     fn ttl_seconds(&self, ttl: Ttl) -> u64 {
         match ttl {
             Ttl::Seconds(s) => s,
@@ -332,10 +348,31 @@ impl RedisStore {
     }
 }
 
-/// One key's HMGET data/version and PTTL replies as a stored item.
-fn item_from(data: Value, version: Value, pttl: Value) -> Result<Option<StateItem>, StateError> {
+/// What one key's HMGET + PTTL replies hold.
+enum Reply {
+    Item(Option<StateItem>),
+    /// The key holds a plain string (written by something other than a state store): read it
+    /// with GET, as Dapr does, without an etag.
+    PlainString,
+}
+
+/// One key's HMGET data/version and PTTL replies (a pipeline run with `ignore_errors`, so a
+/// failure stays with its key).
+fn parse_reply(fields: Value, pttl: Value) -> Result<Reply, StateError> {
+    if let Value::ServerError(e) = &fields {
+        if e.code() == "WRONGTYPE" {
+            return Ok(Reply::PlainString);
+        }
+    }
+    let fields: Vec<Value> = redis::from_redis_value(fields).map_err(backend)?;
+    let mut f = fields.into_iter();
+    let (Some(data), Some(version)) = (f.next(), f.next()) else {
+        return Err(StateError::Backend("redis: short HMGET reply".into()));
+    };
     let data: Option<Vec<u8>> = redis::from_redis_value(data).map_err(backend)?;
-    let Some(data) = data else { return Ok(None) };
+    let Some(data) = data else {
+        return Ok(Reply::Item(None));
+    };
     let version: Option<String> = redis::from_redis_value(version).map_err(backend)?;
     let pttl: i64 = redis::from_redis_value(pttl).map_err(backend)?;
     let mut metadata = BTreeMap::new();
@@ -344,24 +381,25 @@ fn item_from(data: Value, version: Value, pttl: Value) -> Result<Option<StateIte
             metadata.insert(TTL_EXPIRE_TIME.to_string(), at);
         }
     }
-    Ok(Some(StateItem {
+    Ok(Reply::Item(Some(StateItem {
         data: Bytes::from(data),
         etag: version,
         metadata,
-    }))
+    })))
 }
 
-fn split_get_reply(reply: Vec<Value>) -> Result<(Value, Value, Value), StateError> {
-    let mut it = reply.into_iter();
-    let (Some(fields), Some(pttl)) = (it.next(), it.next()) else {
-        return Err(StateError::Backend("redis: short pipeline reply".into()));
-    };
-    let fields: Vec<Value> = redis::from_redis_value(fields).map_err(backend)?;
-    let mut f = fields.into_iter();
-    match (f.next(), f.next()) {
-        (Some(data), Some(version)) => Ok((data, version, pttl)),
-        _ => Err(StateError::Backend("redis: short HMGET reply".into())),
-    }
+fn get_pipeline(pipe: &mut redis::Pipeline, key: &str) {
+    pipe.cmd("HMGET").arg(key).arg("data").arg("version");
+    pipe.cmd("PTTL").arg(key);
+}
+
+fn failed_all(reqs: Vec<GetRequest>, message: String) -> Vec<BulkGetResult> {
+    reqs.into_iter()
+        .map(|r| BulkGetResult {
+            key: r.key,
+            result: Err(StateError::Backend(message.clone())),
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -380,25 +418,23 @@ impl StateStore for RedisStore {
     }
 
     async fn get(&self, req: GetRequest) -> Result<Option<StateItem>, StateError> {
+        let mut pipe = redis::pipe();
+        get_pipeline(pipe.ignore_errors(), &req.key);
         let reply: Vec<Value> = self
             .with_retry(|mut conn| {
-                let key = req.key.clone();
-                async move {
-                    redis::pipe()
-                        .cmd("HMGET")
-                        .arg(&key)
-                        .arg("data")
-                        .arg("version")
-                        .cmd("PTTL")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                }
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
             })
             .await
             .map_err(backend)?;
-        let (data, version, pttl) = split_get_reply(reply)?;
-        item_from(data, version, pttl)
+        let mut it = reply.into_iter();
+        let (Some(fields), Some(pttl)) = (it.next(), it.next()) else {
+            return Err(StateError::Backend("redis: short pipeline reply".into()));
+        };
+        match parse_reply(fields, pttl)? {
+            Reply::Item(item) => Ok(item),
+            Reply::PlainString => self.plain_get(&req.key).await,
+        }
     }
 
     /// One pipeline for all keys, whatever the parallelism.
@@ -407,9 +443,9 @@ impl StateStore for RedisStore {
             return Vec::new();
         }
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for r in &reqs {
-            pipe.cmd("HMGET").arg(&r.key).arg("data").arg("version");
-            pipe.cmd("PTTL").arg(&r.key);
+            get_pipeline(&mut pipe, &r.key);
         }
         let reply: Result<Vec<Value>, RedisError> = self
             .with_retry(|mut conn| {
@@ -417,29 +453,27 @@ impl StateStore for RedisStore {
                 async move { pipe.query_async(&mut conn).await }
             })
             .await;
-        match reply {
-            Ok(values) => {
-                let mut values = values.into_iter();
-                reqs.into_iter()
-                    .map(|r| {
-                        let pair: Vec<Value> = values.by_ref().take(2).collect();
-                        BulkGetResult {
-                            key: r.key,
-                            result: split_get_reply(pair).and_then(|(d, v, p)| item_from(d, v, p)),
-                        }
-                    })
-                    .collect()
+        let values = match reply {
+            Ok(values) if values.len() == reqs.len() * 2 => values,
+            Ok(_) => {
+                return failed_all(reqs, "redis: short pipeline reply".into());
             }
-            Err(e) => {
-                let message = format!("redis: {e}");
-                reqs.into_iter()
-                    .map(|r| BulkGetResult {
-                        key: r.key,
-                        result: Err(StateError::Backend(message.clone())),
-                    })
-                    .collect()
-            }
+            Err(e) => return failed_all(reqs, format!("redis: {e}")),
+        };
+        let mut values = values.into_iter();
+        let mut results = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let (Some(fields), Some(pttl)) = (values.next(), values.next()) else {
+                break;
+            };
+            let result = match parse_reply(fields, pttl) {
+                Ok(Reply::Item(item)) => Ok(item),
+                Ok(Reply::PlainString) => self.plain_get(&r.key).await,
+                Err(e) => Err(e),
+            };
+            results.push(BulkGetResult { key: r.key, result });
         }
+        results
     }
 
     async fn set(&self, req: SetRequest) -> Result<(), StateError> {
