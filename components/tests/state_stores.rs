@@ -405,3 +405,27 @@ async fn redis_password_username_and_database() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn redis_bulk_get_of_many_keys_keeps_order() {
+    let redis = RedisServer::start().await;
+    let store = build("state.redis", &[("redisHost", redis.address())]).await;
+    let n = 2500;
+    let sets = (0..n)
+        .map(|i| SetRequest {
+            key: format!("k{i}"),
+            value: Bytes::from(i.to_string()),
+            ..Default::default()
+        })
+        .collect();
+    assert!(store.bulk_set(sets).await.iter().all(|r| r.is_ok()));
+    let results = store
+        .bulk_get((0..n).map(|i| get(&format!("k{i}"))).collect(), 10)
+        .await;
+    assert_eq!(results.len(), n);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.key, format!("k{i}"));
+        let item = r.result.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(item.data, Bytes::from(i.to_string()));
+    }
+}

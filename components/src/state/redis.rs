@@ -30,6 +30,10 @@ const DEFAULT_MAX_RETRY_INTERVAL: Duration = Duration::from_millis(512);
 const DEFAULT_POOL_SIZE: u64 = 4;
 const MAX_POOL_SIZE: u64 = 64;
 
+/// A bulk get sends at most this many keys per pipeline (one round trip each), so one huge
+/// request does not build one huge reply.
+const BULK_GET_PIPELINE_KEYS: usize = 1000;
+
 /// Error reply the scripts use for a failed etag or first-write check.
 const MISMATCH: &str = "TANDEM_ETAG_MISMATCH";
 
@@ -309,6 +313,40 @@ impl RedisStore {
         }
     }
 
+    /// One pipeline for the given keys (two commands each).
+    async fn bulk_get_pipeline(&self, reqs: Vec<GetRequest>) -> Vec<BulkGetResult> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for r in &reqs {
+            get_pipeline(&mut pipe, &r.key);
+        }
+        let reply: Result<Vec<Value>, RedisError> = self
+            .with_retry(|mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await;
+        let values = match reply {
+            Ok(values) if values.len() == reqs.len() * 2 => values,
+            Ok(_) => return failed_all(reqs, "redis: short pipeline reply".into()),
+            Err(e) => return failed_all(reqs, format!("redis: {e}")),
+        };
+        let mut values = values.into_iter();
+        let mut results = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let (Some(fields), Some(pttl)) = (values.next(), values.next()) else {
+                break;
+            };
+            let result = match parse_reply(fields, pttl) {
+                Ok(Reply::Item(item)) => Ok(item),
+                Ok(Reply::PlainString) => self.plain_get(&r.key).await,
+                Err(e) => Err(e),
+            };
+            results.push(BulkGetResult { key: r.key, result });
+        }
+        results
+    }
+
     /// A key holding a plain string: its value, without an etag.
     async fn plain_get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
         let data: Option<Vec<u8>> = self
@@ -439,39 +477,11 @@ impl StateStore for RedisStore {
 
     /// One pipeline for all keys, whatever the parallelism.
     async fn bulk_get(&self, reqs: Vec<GetRequest>, _parallelism: usize) -> Vec<BulkGetResult> {
-        if reqs.is_empty() {
-            return Vec::new();
-        }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for r in &reqs {
-            get_pipeline(&mut pipe, &r.key);
-        }
-        let reply: Result<Vec<Value>, RedisError> = self
-            .with_retry(|mut conn| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await;
-        let values = match reply {
-            Ok(values) if values.len() == reqs.len() * 2 => values,
-            Ok(_) => {
-                return failed_all(reqs, "redis: short pipeline reply".into());
-            }
-            Err(e) => return failed_all(reqs, format!("redis: {e}")),
-        };
-        let mut values = values.into_iter();
         let mut results = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let (Some(fields), Some(pttl)) = (values.next(), values.next()) else {
-                break;
-            };
-            let result = match parse_reply(fields, pttl) {
-                Ok(Reply::Item(item)) => Ok(item),
-                Ok(Reply::PlainString) => self.plain_get(&r.key).await,
-                Err(e) => Err(e),
-            };
-            results.push(BulkGetResult { key: r.key, result });
+        let mut reqs = reqs.into_iter().peekable();
+        while reqs.peek().is_some() {
+            let chunk: Vec<GetRequest> = reqs.by_ref().take(BULK_GET_PIPELINE_KEYS).collect();
+            results.extend(self.bulk_get_pipeline(chunk).await);
         }
         results
     }
