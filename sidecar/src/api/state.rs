@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use tandem_components::registry::Component;
 use tandem_components::state::options::KEY_SEPARATOR;
 use tandem_components::state::{
-    value, Concurrency, Consistency, DeleteRequest, GetRequest, SetRequest, StateItem, StateStore,
-    TransactionOperation, Ttl,
+    value, Concurrency, Consistency, DeleteRequest, GetRequest, SetRequest, StateError, StateItem,
+    StateStore, TransactionOperation, Ttl,
 };
 
 use super::body::{read_body, BodyLimit};
@@ -255,34 +255,40 @@ async fn save(
         .map(|item| item.into_set(store.as_ref(), &request_md))
         .collect::<Result<Vec<_>, _>>()?;
     let context = || format!("failed saving state in state store {store_name}");
-    if reqs.len() == 1 {
-        let req = reqs.into_iter().next().ok_or_else(|| {
-            ApiError::internal("ERR_STATE_SAVE", "internal error: the single item vanished")
-        })?;
-        store
+    match <[SetRequest; 1]>::try_from(reqs) {
+        Ok([req]) => store
             .set(req)
             .await
-            .map_err(|e| state_error("ERR_STATE_SAVE", &context(), &e))?;
-    } else {
-        let keys: Vec<String> = reqs.iter().map(|r| r.key.clone()).collect();
-        let results = store.bulk_set(reqs).await;
-        // Every item was attempted; report the first failure, as Dapr's joined error does.
-        if let Some((key, err)) = keys
-            .iter()
-            .zip(results)
-            .find_map(|(key, r)| r.err().map(|e| (key, e)))
-        {
-            return Err(state_error(
-                "ERR_STATE_SAVE",
-                &format!("{} (key {key})", context()),
-                &err,
-            ));
+            .map_err(|e| state_error("ERR_STATE_SAVE", &context(), &e))?,
+        Err(reqs) => {
+            let keys: Vec<String> = reqs.iter().map(|r| r.key.clone()).collect();
+            let results = store.bulk_set(reqs).await;
+            // Every item was attempted. As with Dapr's joined error, an etag failure anywhere
+            // decides the status; otherwise the first failure is reported.
+            let failures: Vec<(String, StateError)> = keys
+                .into_iter()
+                .zip(results)
+                .filter_map(|(key, r)| r.err().map(|e| (key, e)))
+                .collect();
+            let chosen = failures
+                .iter()
+                .find(|(_, e)| {
+                    matches!(e, StateError::EtagMismatch(_) | StateError::InvalidEtag(_))
+                })
+                .or(failures.first());
+            if let Some((key, err)) = chosen {
+                return Err(state_error(
+                    "ERR_STATE_SAVE",
+                    &format!("{} (key {key})", context()),
+                    err,
+                ));
+            }
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// A header value, or an error naming the header.
+/// A header value; text that cannot be one is left out.
 fn header_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
 }
