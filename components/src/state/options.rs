@@ -1,5 +1,7 @@
 //! Settings every state store shares: the key prefix strategy and `actorStateStore`.
 
+use std::time::Duration;
+
 use crate::metadata::{Metadata, MetadataError};
 use crate::registry::BuildContext;
 
@@ -55,6 +57,33 @@ impl StoreOptions {
     }
 }
 
+/// A table name is put into SQL text, so only plain identifiers (optionally `schema.table`) are
+/// allowed.
+pub fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// `cleanupInterval` of the SQL stores: a duration or a number of seconds; zero or negative
+/// disables the cleanup (`None`).
+pub fn cleanup_interval(
+    md: &Metadata,
+    default: Duration,
+) -> Result<Option<Duration>, MetadataError> {
+    if md
+        .get_non_empty("cleanupInterval")
+        .is_some_and(|v| v.starts_with('-'))
+    {
+        return Ok(None);
+    }
+    let d = md.get_duration("cleanupInterval", Duration::from_secs(1), default)?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +125,27 @@ mod tests {
             "shared||k"
         );
         assert!(opts(Some("a||b"), None).is_err());
+    }
+
+    #[test]
+    fn identifiers_and_cleanup() {
+        assert!(valid_identifier("state"));
+        assert!(valid_identifier("public.state_1"));
+        assert!(!valid_identifier("state; DROP TABLE x"));
+        assert!(!valid_identifier("1state"));
+        let md = |v: &str| -> Metadata { [("cleanupInterval", v)].into_iter().collect() };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(cleanup_interval(&Metadata::new(), hour), Ok(Some(hour)));
+        assert_eq!(
+            cleanup_interval(&md("10"), hour),
+            Ok(Some(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            cleanup_interval(&md("30s"), hour),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert_eq!(cleanup_interval(&md("0"), hour), Ok(None));
+        assert_eq!(cleanup_interval(&md("-1"), hour), Ok(None));
+        assert!(cleanup_interval(&md("soon"), hour).is_err());
     }
 }

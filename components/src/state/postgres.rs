@@ -17,8 +17,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::task::JoinHandle;
 use tokio_postgres::{GenericClient, NoTls};
 
+use super::options::{cleanup_interval, valid_identifier};
 use super::postgres_connection::normalize;
-use super::sqlite::valid_identifier;
 use super::value::{expiry_from_millis, from_base64, is_canonical_jsonb, to_base64};
 use super::{
     DeleteRequest, Features, GetRequest, SetRequest, StateError, StateItem, StateStore,
@@ -119,21 +119,6 @@ fn pg_config(md: &Metadata) -> Result<tokio_postgres::Config, BuildError> {
     Ok(config)
 }
 
-/// `cleanupInterval`: a duration, or a number of seconds; zero or negative disables the cleanup.
-fn cleanup_interval(md: &Metadata) -> Result<Option<Duration>, BuildError> {
-    match md.get_non_empty("cleanupInterval") {
-        Some(v) if v.starts_with('-') => Ok(None),
-        _ => {
-            let d = md.get_duration(
-                "cleanupInterval",
-                Duration::from_secs(1),
-                DEFAULT_CLEANUP_INTERVAL,
-            )?;
-            Ok((!d.is_zero()).then_some(d))
-        }
-    }
-}
-
 impl PostgresStore {
     pub async fn new(md: &Metadata, ctx: &BuildContext) -> Result<Self, BuildError> {
         let options = StoreOptions::from_metadata(md, ctx)?;
@@ -153,7 +138,7 @@ impl PostgresStore {
             }
         }
         let timeout = md.get_duration("timeout", Duration::from_secs(1), DEFAULT_TIMEOUT)?;
-        let cleanup = cleanup_interval(md)?;
+        let cleanup = cleanup_interval(md, DEFAULT_CLEANUP_INTERVAL)?;
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         let max_conns = md.get_u64("maxConns", cpus.max(4) as u64)?.clamp(1, 1000);
         let mut config = pg_config(md)?;

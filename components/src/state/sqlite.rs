@@ -15,6 +15,7 @@ use rusqlite::{
 use tokio::task::JoinHandle;
 
 use super::etag::{check_write, is_uuid, new_uuid};
+use super::options::{cleanup_interval, valid_identifier};
 use super::value::{from_base64, is_json, to_base64};
 use super::{
     DeleteRequest, Features, GetRequest, SetRequest, StateError, StateItem, StateStore,
@@ -29,16 +30,6 @@ const DEFAULT_METADATA_TABLE: &str = "metadata";
 const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A table name is put into SQL text, so only plain identifiers are allowed.
-pub fn valid_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-}
 
 struct Shared {
     conn: Mutex<Connection>,
@@ -76,7 +67,7 @@ impl SqliteStore {
             }
         }
         let secs = Duration::from_secs(1);
-        let cleanup = cleanup_interval(md)?;
+        let cleanup = cleanup_interval(md, DEFAULT_CLEANUP_INTERVAL)?;
         let busy = md.get_duration("busyTimeout", secs, DEFAULT_BUSY_TIMEOUT)?;
         let timeout = md.get_duration("timeout", secs, DEFAULT_TIMEOUT)?;
         let disable_wal = md.get_bool("disableWAL", false)?;
@@ -117,21 +108,6 @@ impl SqliteStore {
                 "sqlite operation did not finish within {:?}",
                 self.timeout
             ))),
-        }
-    }
-}
-
-/// `cleanupInterval`: a duration, or a number of seconds; zero or negative disables the cleanup.
-fn cleanup_interval(md: &Metadata) -> Result<Option<Duration>, BuildError> {
-    match md.get_non_empty("cleanupInterval") {
-        Some(v) if v.starts_with('-') => Ok(None),
-        _ => {
-            let d = md.get_duration(
-                "cleanupInterval",
-                Duration::from_secs(1),
-                DEFAULT_CLEANUP_INTERVAL,
-            )?;
-            Ok((!d.is_zero()).then_some(d))
         }
     }
 }
