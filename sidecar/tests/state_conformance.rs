@@ -529,18 +529,24 @@ async fn transactions_apply_in_order_all_or_nothing(kind: Kind) {
 
 async fn ttl_expires_and_can_be_removed(kind: Kind) {
     let env = Env::start(kind).await;
-    // Item-level TTL: reported, then the value disappears.
+    // Item-level TTL: the expiry time is reported...
     let resp = env
-        .save(json!([{ "key": "short", "value": "x", "metadata": { "ttlInSeconds": "1" } }]))
+        .save(json!([{ "key": "long", "value": "x", "metadata": { "ttlInSeconds": "100" } }]))
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let resp = env.get("short").await;
+    let resp = env.get("long").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let expire = resp
         .headers()
         .get("metadata.ttlExpireTime")
         .expect("ttlExpireTime header");
-    assert!(chrono::DateTime::parse_from_rfc3339(expire.to_str().unwrap()).is_ok());
+    let expire = chrono::DateTime::parse_from_rfc3339(expire.to_str().unwrap()).unwrap();
+    assert!(expire > chrono::Utc::now());
+    // ...and a short one makes the value disappear, from get and bulk get.
+    let resp = env
+        .save(json!([{ "key": "short", "value": "x", "metadata": { "ttlInSeconds": "1" } }]))
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(
         eventually(Duration::from_secs(15), || async {
             env.get("short").await.status() == StatusCode::NO_CONTENT
@@ -551,20 +557,22 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
     let bulk = env.bulk(&["short"]).await;
     assert_eq!(bulk[0], json!({ "key": "short" }));
 
-    // Request-level TTL, then removed by a later write without TTL, or by -1.
+    // Request-level TTL, removed by a later write without TTL, or by -1.
     let resp = env
         .save_query(
-            "?metadata.ttlInSeconds=1",
+            "?metadata.ttlInSeconds=100",
             json!([{ "key": "kept", "value": 1 }, { "key": "kept2", "value": 2 }]),
         )
         .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert!(env
-        .get("kept")
-        .await
-        .headers()
-        .get("metadata.ttlExpireTime")
-        .is_some());
+    for key in ["kept", "kept2"] {
+        assert!(env
+            .get(key)
+            .await
+            .headers()
+            .get("metadata.ttlExpireTime")
+            .is_some());
+    }
     let resp = env.save(json!([{ "key": "kept", "value": 1 }])).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = env
@@ -579,10 +587,15 @@ async fn ttl_expires_and_can_be_removed(kind: Kind) {
             .get("metadata.ttlExpireTime")
             .is_none());
     }
-    // Past the original expiry both are still there.
+    // A short TTL overwritten without one: the value outlives the original expiry.
+    let resp = env
+        .save(json!([{ "key": "rescued", "value": 3, "metadata": { "ttlInSeconds": "1" } }]))
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = env.save(json!([{ "key": "rescued", "value": 3 }])).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(env.get_text("kept").await.1, "1");
-    assert_eq!(env.get_text("kept2").await.1, "2");
+    assert_eq!(env.get_text("rescued").await.1, "3");
     // The request-level TTL wins over the item's.
     let resp = env
         .save_query(
