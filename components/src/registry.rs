@@ -72,6 +72,46 @@ struct Entry {
 
 const TYPES: &[Entry] = &[
     Entry {
+        component_type: "state.in-memory",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let store = crate::state::memory::MemoryStore::new(&md, &ctx)?;
+                Ok(Component::State(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
+        component_type: "state.redis",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let store = crate::state::redis::RedisStore::new(&md, &ctx).await?;
+                Ok(Component::State(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
+        component_type: "state.postgresql",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let store = crate::state::postgres::PostgresStore::new(&md, &ctx).await?;
+                Ok(Component::State(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
+        component_type: "state.sqlite",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let store = crate::state::sqlite::SqliteStore::new(&md, &ctx).await?;
+                Ok(Component::State(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
         component_type: "secretstores.local.env",
         versions: &["v1"],
         factory: |md, _| {

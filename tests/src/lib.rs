@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod app;
+mod postgres;
 mod redis;
 mod sidecar;
 
 pub use app::{RecordedRequest, Reply, TestApp};
+pub use postgres::PostgresDb;
 pub use redis::RedisServer;
 pub use sidecar::{ResourcesDir, Sidecar, SidecarBuilder};
 

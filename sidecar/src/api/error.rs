@@ -112,6 +112,35 @@ impl From<crate::invoke::InvokeFailure> for ApiError {
     }
 }
 
+// --- state ---------------------------------------------------------------------------------
+
+/// A state store failure under the API's error `code` (ERR_STATE_SAVE, ERR_STATE_GET, …): a stale
+/// etag is 409, a malformed one 400, a missing capability 500 ERR_STATE_STORE_NOT_SUPPORTED, too
+/// many operations 400, anything else 500.
+pub fn state_error(
+    code: &'static str,
+    context: &str,
+    err: &tandem_components::state::StateError,
+) -> ApiError {
+    use tandem_components::state::StateError;
+    let message = format!("{context}: {err}");
+    match err {
+        StateError::EtagMismatch(_) => ApiError::new(StatusCode::CONFLICT, code, message),
+        StateError::InvalidEtag(_) => ApiError::new(StatusCode::BAD_REQUEST, code, message),
+        StateError::NotSupported(_) => ApiError::internal("ERR_STATE_STORE_NOT_SUPPORTED", message),
+        StateError::TooManyOperations { count, max } => {
+            ApiError::bad_request("ERR_STATE_STORE_TOO_MANY_TRANSACTIONS", message).with_reason(
+                "DAPR_STATE_TOO_MANY_TRANSACTIONS",
+                json!({
+                    "currentOpsTransaction": count.to_string(),
+                    "maxOpsPerTransaction": max.to_string(),
+                }),
+            )
+        }
+        StateError::Backend(_) => ApiError::internal(code, message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

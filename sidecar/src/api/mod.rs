@@ -8,6 +8,7 @@ mod invoke;
 mod metadata;
 mod secrets;
 mod shutdown;
+mod state;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .merge(metadata::routes())
         .merge(secrets::routes())
         .merge(shutdown::routes())
+        .merge(state::routes())
         // Last: its fallback serves the `dapr-app-id` header form on every unmatched path.
         .merge(invoke::routes());
     finish(routes, rt)
