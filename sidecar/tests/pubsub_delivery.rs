@@ -292,6 +292,28 @@ async fn envelope_headers_passthrough_raw_and_routing() {
     assert_eq!(dead[0].json()["dlqreason"], "NO_ROUTE");
     assert!(app.requests_to("/never").is_empty());
 
+    // An expired event is never delivered; it is dead-lettered as EXPIRED.
+    let r = c
+        .post(sc.url("/v1.0/publish/pubsub/routed"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"id":"old","data":{"amount":1000},"expiration":"2000-01-01T00:00:00Z"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let dead = app.wait_for(2, WAIT, |r| is_post(r, "/dead")).await;
+    let expired = dead
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["id"] == "old")
+        .unwrap();
+    assert_eq!(expired["dlqreason"], "EXPIRED");
+    assert_eq!(expired["dlqattempts"], 0);
+    assert!(
+        app.requests_to("/big").len() == 1,
+        "the expired event was not delivered"
+    );
+
     // Both kinds of subscriptions are listed.
     let md: Value = c
         .get(sc.url("/v1.0/metadata"))

@@ -2,8 +2,10 @@
 //!
 //! Each topic fans out to every consumer group subscribed to it (a group is the component's
 //! `consumerID`, default the app id); subscribers in one group share its messages. Unlike Dapr's
-//! in-memory broker a nacked message is redelivered in-process instead of being lost. Messages
-//! published while no group subscribes to the topic are dropped, as in Dapr.
+//! in-memory broker a nacked message is redelivered in-process instead of being lost, and
+//! messages published before the topic's first subscription are kept (up to
+//! `maxBufferedMessages`) and delivered to the first group that subscribes, as Redis Streams
+//! does; Dapr's in-memory broker drops them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,8 @@ pub struct MemoryPubSub {
     config: MemoryConfig,
     /// topic -> group -> state
     topics: Mutex<HashMap<String, HashMap<String, Arc<Group>>>>,
+    /// topic -> messages published before any group subscribed to it.
+    backlog: Mutex<HashMap<String, VecDeque<Stored>>>,
     next_seq: AtomicU64,
 }
 
@@ -88,19 +92,26 @@ impl MemoryPubSub {
         Self {
             config,
             topics: Mutex::new(HashMap::new()),
+            backlog: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
         }
     }
 
     fn group(&self, topic: &str) -> Arc<Group> {
-        self.topics
-            .lock()
-            .entry(topic.to_string())
-            .or_default()
+        let mut topics = self.topics.lock();
+        let groups = topics.entry(topic.to_string()).or_default();
+        let first = groups.is_empty();
+        groups
             .entry(self.config.consumer_id.clone())
             .or_insert_with(|| {
+                // The first group of a topic takes what was published before it subscribed.
+                let backlog = if first {
+                    self.backlog.lock().remove(topic).unwrap_or_default()
+                } else {
+                    VecDeque::new()
+                };
                 Arc::new(Group {
-                    queue: Mutex::new(VecDeque::new()),
+                    queue: Mutex::new(backlog),
                     in_flight: Mutex::new(HashMap::new()),
                     ready: Notify::new(),
                 })
@@ -112,25 +123,35 @@ impl MemoryPubSub {
 #[async_trait]
 impl PubSub for MemoryPubSub {
     async fn publish(&self, req: PublishRequest) -> Result<(), PubSubError> {
-        let groups: Vec<Arc<Group>> = self
-            .topics
-            .lock()
-            .get(&req.topic)
-            .map(|g| g.values().cloned().collect())
-            .unwrap_or_default();
-        if groups.is_empty() {
-            tracing::debug!(
-                "in-memory pub/sub: no subscriber for topic {}; message dropped",
-                req.topic
-            );
-            return Ok(());
-        }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let stored = Stored {
             seq,
             topic: req.topic.clone(),
             data: req.data,
             metadata: req.metadata,
+        };
+        let groups: Vec<Arc<Group>> = {
+            let topics = self.topics.lock();
+            match topics.get(&req.topic) {
+                Some(g) if !g.is_empty() => g.values().cloned().collect(),
+                // Nobody subscribed yet: keep it for the first subscriber (checked under the
+                // topics lock, so a subscriber arriving now sees it).
+                _ => {
+                    let mut backlog = self.backlog.lock();
+                    let queue = backlog.entry(req.topic.clone()).or_default();
+                    if queue.len() >= self.config.max_buffered {
+                        return Err(PubSubError::Publish {
+                            topic: req.topic,
+                            message: format!(
+                                "{} messages wait for a first subscriber (maxBufferedMessages)",
+                                self.config.max_buffered
+                            ),
+                        });
+                    }
+                    queue.push_back(stored);
+                    return Ok(());
+                }
+            }
         };
         for group in &groups {
             let mut queue = group.queue.lock();
@@ -227,6 +248,20 @@ mod tests {
         m.ack.ack();
         ps.publish(publish("t", "b")).await.unwrap();
         assert_eq!(sub.messages.recv().await.unwrap().data, "b");
+    }
+
+    #[tokio::test]
+    async fn keeps_messages_published_before_the_first_subscription() {
+        let ps = broker();
+        ps.publish(publish("early", "first")).await.unwrap();
+        let mut sub = ps
+            .subscribe(SubscribeRequest {
+                topic: "early".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sub.messages.recv().await.unwrap().data, "first");
     }
 
     #[tokio::test]
