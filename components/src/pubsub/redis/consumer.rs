@@ -45,6 +45,35 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
 #[derive(Default)]
 struct InFlight(Mutex<HashSet<String>>);
 
+/// How many just-acknowledged entry ids are remembered (see [`RecentlyAcked`]).
+const RECENT_ACKS: usize = 8192;
+
+/// Entry ids XACKed lately. A reclaim (or read) answer computed just before an XACK landed may
+/// still list the entry; remembering recent acks keeps it from being delivered a second time.
+#[derive(Default)]
+struct RecentlyAcked(Mutex<(HashSet<String>, std::collections::VecDeque<String>)>);
+
+impl RecentlyAcked {
+    fn remember(&self, ids: &[String]) {
+        let mut guard = self.0.lock();
+        let (set, order) = &mut *guard;
+        for id in ids {
+            if set.insert(id.clone()) {
+                order.push_back(id.clone());
+            }
+        }
+        while order.len() > RECENT_ACKS {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.lock().0.contains(id)
+    }
+}
+
 /// The settle side: forwards settlements to the ack task. The channel is unbounded, but it never
 /// holds more than the in-flight entries (at most `queueDepth` + `concurrency` per subscription).
 struct Acker {
@@ -70,6 +99,7 @@ pub(super) struct Consumer {
     topic: String,
     conn: ConnectionManager,
     in_flight: Arc<InFlight>,
+    recently_acked: RecentlyAcked,
     acker: Arc<Acker>,
 }
 
@@ -81,7 +111,7 @@ impl Consumer {
         reader: ConnectionManager,
         feed: SubscriptionFeed,
         closed: watch::Receiver<bool>,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let in_flight = Arc::new(InFlight::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let consumer = Arc::new(Consumer {
@@ -93,9 +123,11 @@ impl Consumer {
             topic,
             conn,
             in_flight,
+            recently_acked: RecentlyAcked::default(),
         });
-        tokio::spawn(consumer.clone().ack_loop(rx, closed));
+        let acks = tokio::spawn(consumer.clone().ack_loop(rx, closed));
         tokio::spawn(consumer.read_loop(reader, feed));
+        acks
     }
 
     fn group(&self) -> &str {
@@ -165,6 +197,7 @@ impl Consumer {
                     }
                 }
             }
+            self.recently_acked.remember(&batch);
             {
                 let mut in_flight = self.in_flight.0.lock();
                 for id in &batch {
@@ -280,7 +313,9 @@ impl Consumer {
 
     /// Gives one entry to the subscriber unless it is already in flight. False once stopped.
     async fn hand_over(&self, entry: StreamId, feed: &mut SubscriptionFeed) -> bool {
-        if !self.in_flight.0.lock().insert(entry.id.clone()) {
+        if self.recently_acked.contains(&entry.id)
+            || !self.in_flight.0.lock().insert(entry.id.clone())
+        {
             return true;
         }
         let data: Option<Vec<u8>> = entry

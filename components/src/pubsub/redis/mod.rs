@@ -109,7 +109,12 @@ pub struct RedisPubSub {
     client: redis::Client,
     conn: ConnectionManager,
     closed: tokio::sync::watch::Sender<bool>,
+    /// The acknowledgement tasks, awaited at close so settled messages are XACKed before exit.
+    ack_tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// How long `close` waits for outstanding acknowledgements to be written.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 /// A connection that reconnects by itself after Redis restarts.
 async fn connect(
@@ -145,6 +150,7 @@ impl RedisPubSub {
             client,
             conn,
             closed: tokio::sync::watch::channel(false).0,
+            ack_tasks: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -225,7 +231,7 @@ impl PubSub for RedisPubSub {
             })?;
         let (subscription, feed) =
             Subscription::new(self.config.queue_depth, self.config.concurrency);
-        consumer::Consumer::start(
+        let acks = consumer::Consumer::start(
             self.config.clone(),
             req.topic,
             conn,
@@ -233,11 +239,21 @@ impl PubSub for RedisPubSub {
             feed,
             self.closed.subscribe(),
         );
+        self.ack_tasks.lock().push(acks);
         Ok(subscription)
     }
 
     async fn close(&self) {
         self.closed.send_replace(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.ack_tasks.lock());
+        let flush = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_FLUSH, flush).await.is_err() {
+            tracing::warn!("redis pub/sub: acknowledgements not all written at close; those entries will be redelivered");
+        }
     }
 }
 
