@@ -115,3 +115,43 @@ mod tests {
         assert_eq!(dl["dlqfirstfailure"], rfc3339(now));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Map;
+
+    proptest! {
+        /// A dead letter keeps every field of the original event (except `expiration` for
+        /// EXPIRED) and adds exactly the eleven `dlq*` extensions.
+        #[test]
+        fn keeps_the_original_event(fields in proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,16}", 0..12)) {
+            let original: Map<String, Value> = fields
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("dlq") && k != "expiration")
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let now = Utc::now();
+            let f = FailureRecord {
+                reason: DeadLetterReason::RetriesExhausted,
+                status: 500,
+                error: "x",
+                attempts: 4,
+                pubsub: "p",
+                topic: "t",
+                subscriber: "s",
+                route: "/r",
+                first_failure: now,
+                last_failure: now,
+                position: "1-0",
+            };
+            let copy = dead_letter_event(&Value::Object(original.clone()), &f);
+            let copy = copy.as_object().unwrap();
+            for (k, v) in &original {
+                prop_assert_eq!(copy.get(k), Some(v));
+            }
+            prop_assert_eq!(copy.len(), original.len() + 11);
+        }
+    }
+}

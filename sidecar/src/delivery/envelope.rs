@@ -385,3 +385,51 @@ mod tests {
         assert!(!is_expired(&json!({}), now));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// JSON published as application/json arrives as the same JSON in `data`; any bytes
+        /// published as octet-stream arrive intact in `data_base64`.
+        #[test]
+        fn data_round_trips(value in json_value(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let md = BTreeMap::new();
+            let trace = TraceContext::from_headers(None, None);
+            let ctx = EnvelopeContext {
+                app_id: "a",
+                pubsub: "p",
+                topic: "t",
+                trace: &trace,
+                metadata: &md,
+                stamp_expiration: false,
+                now: Utc::now(),
+            };
+            let ce = wrap(value.to_string().as_bytes(), Some("application/json"), &ctx);
+            prop_assert_eq!(&ce["data"], &value);
+            let ce = wrap(&bytes, Some("application/octet-stream"), &ctx);
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(ce["data_base64"].as_str().unwrap())
+                .unwrap();
+            prop_assert_eq!(decoded, bytes);
+        }
+    }
+}

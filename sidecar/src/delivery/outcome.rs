@@ -141,3 +141,44 @@ mod tests {
         assert_eq!(entry_status(None), EntryStatus::Retry);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any 2xx whose body names no status is a success; any other status than 2xx and 404
+        /// is retried with that status; 404 always drops.
+        #[test]
+        fn statuses_follow_the_table(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let has_status = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("status").cloned())
+                .is_some_and(|s| !s.is_null());
+            let verdict = classify(status, &body);
+            if (200..300).contains(&status) {
+                if !has_status {
+                    prop_assert_eq!(verdict, Verdict::Success);
+                }
+            } else if status == 404 {
+                prop_assert!(matches!(verdict, Verdict::NotFound { .. }), "404 must not be retried");
+            } else {
+                let retried_with_status = matches!(verdict, Verdict::Retry { status: s, .. } if s == status);
+                prop_assert!(retried_with_status, "status {} must be retried", status);
+            }
+        }
+
+        #[test]
+        fn named_statuses_in_any_case(word in prop::sample::select(vec!["success", "retry", "drop"]), upper in any::<bool>()) {
+            let word = if upper { word.to_ascii_uppercase() } else { word.to_string() };
+            let body = serde_json::to_vec(&serde_json::json!({"status": word})).unwrap();
+            let expected = match word.to_ascii_uppercase().as_str() {
+                "SUCCESS" => Verdict::Success,
+                "DROP" => Verdict::Drop,
+                _ => Verdict::Retry { status: 200, reason: "app returned RETRY".into() },
+            };
+            prop_assert_eq!(classify(200, &body), expected);
+        }
+    }
+}
