@@ -699,3 +699,59 @@ spec:
     assert_eq!(got.len(), 2, "{}", sc.logs());
     assert_eq!(got[0].json()["id"], got[1].json()["id"]);
 }
+
+#[tokio::test]
+async fn deliveries_pause_while_the_app_is_unhealthy() {
+    let resources = ResourcesDir::new();
+    resources.write(
+        "memory.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\nspec: {type: pubsub.in-memory, version: v1, metadata: []}\n",
+    );
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = healthy.clone();
+    let app = TestApp::start(move |req| match req.path() {
+        "/dapr/subscribe" => Reply::json(
+            200,
+            json!([{"pubsubname": "pubsub", "topic": "t", "route": "/t", "deadLetterTopic": "d"}]),
+        ),
+        "/healthz" if h.load(Ordering::SeqCst) => Reply::ok(),
+        "/healthz" => Reply::status(500),
+        _ => Reply::ok(),
+    })
+    .await;
+    let mut sc = Sidecar::builder(env!("CARGO_BIN_EXE_tandem"))
+        .app_id("subscriber")
+        .app_port(app.port)
+        .resources(resources.path())
+        .args([
+            "--enable-app-health-check",
+            "--app-health-probe-interval",
+            "1",
+            "--app-health-threshold",
+            "1",
+        ])
+        .start()
+        .await;
+    sc.wait_ready().await;
+    healthy.store(false, Ordering::SeqCst);
+    assert!(
+        tandem_testkit::eventually(WAIT, || async { sc.logs().contains("app is unhealthy") }).await,
+        "{}",
+        sc.logs()
+    );
+    assert_eq!(publish_json(&sc, "t", json!({"n": 1})).await, 204);
+    assert_eq!(publish_json(&sc, "t", json!({"n": 2})).await, 204);
+    // Nothing is delivered, and nothing is dead-lettered, while the app is unhealthy.
+    app.wait_for(1, Duration::from_millis(1500), |r| is_post(r, "/t"))
+        .await;
+    assert!(app.requests_to("/t").is_empty());
+    assert!(app.requests_to("/d").is_empty());
+    healthy.store(true, Ordering::SeqCst);
+    assert_eq!(
+        app.wait_for(2, WAIT, |r| is_post(r, "/t")).await.len(),
+        2,
+        "{}",
+        sc.logs()
+    );
+    assert!(app.requests_to("/d").is_empty());
+}

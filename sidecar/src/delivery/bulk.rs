@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tandem_components::pubsub::{AckHandle, Message};
 
 use super::dead_letter::DeadLetterReason;
-use super::deliver::{delivery_headers, finish, post, prepare, Failures};
+use super::deliver::{app_available, delivery_headers, finish, post, prepare, Failures};
 use super::envelope::{self, BULK_EVENT_TYPE, CLOUDEVENTS_JSON};
 use super::outcome::{entry_status, EntryStatus, Verdict};
 use super::subscriber::SubscriptionContext;
@@ -127,6 +127,12 @@ async fn deliver_route(ctx: &SubscriptionContext, path: &str, mut pending: Vec<E
     let mut retries = 0u32;
     let headers = delivery_headers(ctx, &Value::Null, &BTreeMap::new(), "application/json");
     while !pending.is_empty() {
+        if !app_available(ctx).await {
+            for e in pending {
+                e.ack.nack();
+            }
+            return;
+        }
         let body = bulk_body(ctx, &pending);
         let (verdict, answer) = post(ctx, path, body, &headers, |status, _| {
             if (200..300).contains(&status) {

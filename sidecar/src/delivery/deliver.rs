@@ -135,6 +135,19 @@ pub async fn post(
     }
 }
 
+/// Waits while the app's health checks fail (deliveries to an unhealthy app are paused, not
+/// counted as failed attempts). False when the sidecar shuts down meanwhile.
+pub async fn app_available(ctx: &SubscriptionContext) -> bool {
+    if ctx.app.config().health_check.is_none() || ctx.app.is_healthy() {
+        return true;
+    }
+    let mut health = ctx.app.health_watch();
+    tokio::select! {
+        r = health.wait_for(|healthy| *healthy) => r.is_ok(),
+        _ = ctx.stop.cancelled() => false,
+    }
+}
+
 /// What failed, for logs and the dead-letter extensions.
 pub struct Failures {
     pub status: u16,
@@ -215,6 +228,10 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
     let policy = &ctx.policy.retry;
     let mut retries = 0u32;
     loop {
+        if !app_available(ctx).await {
+            ack.nack();
+            return;
+        }
         let (verdict, _) = post(ctx, &path, body.clone(), &headers, classify).await;
         match verdict {
             Verdict::Success => {

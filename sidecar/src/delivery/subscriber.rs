@@ -64,6 +64,16 @@ pub async fn run(ctx: Arc<SubscriptionContext>, mut sub: Subscription) {
 }
 
 async fn next(ctx: &SubscriptionContext, sub: &mut Subscription) -> Option<Message> {
+    // As daprd: no new deliveries while the app's health checks fail.
+    if ctx.app.config().health_check.is_some() && !ctx.app.is_healthy() {
+        tracing::info!("app unhealthy: delivery of {} paused", ctx.spec.topic);
+        let mut health = ctx.app.health_watch();
+        tokio::select! {
+            _ = health.wait_for(|healthy| *healthy) => {}
+            _ = ctx.stop.cancelled() => return None,
+        }
+        tracing::info!("app healthy: delivery of {} resumed", ctx.spec.topic);
+    }
     tokio::select! {
         biased;
         _ = ctx.stop.cancelled() => None,
