@@ -36,6 +36,9 @@ pub struct RedisConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: i64,
+    /// `enableTLS`: rustls, verified against the system roots or `caCert`; `clientCert` and
+    /// `clientKey` for mTLS (the same settings as state.redis).
+    pub tls: bool,
     pub consumer_id: String,
     pub concurrency: usize,
     pub queue_depth: usize,
@@ -58,11 +61,6 @@ impl RedisConfig {
             ),
             None => (address.to_string(), 6379),
         };
-        if md.get_bool("enableTLS", false)? {
-            return Err(BuildError::Init(
-                "enableTLS: TLS connections to Redis are not supported by this build".into(),
-            ));
-        }
         let max_len = md.get_u64("maxLenApprox", 0)?;
         Ok(Self {
             host,
@@ -70,6 +68,7 @@ impl RedisConfig {
             username: md.get_non_empty("redisUsername").map(str::to_string),
             password: md.get_non_empty("redisPassword").map(str::to_string),
             db: md.get_i64("redisDB", 0)?,
+            tls: md.get_bool("enableTLS", false)?,
             consumer_id: md.get_non_empty("consumerID").unwrap_or(app_id).to_string(),
             concurrency: md
                 .get_u64("concurrency", DEFAULT_CONCURRENCY as u64)?
@@ -89,7 +88,7 @@ impl RedisConfig {
         })
     }
 
-    fn client(&self) -> Result<redis::Client, redis::RedisError> {
+    fn client(&self, md: &Metadata) -> Result<redis::Client, BuildError> {
         let mut settings = RedisConnectionInfo::default().set_db(self.db);
         if let Some(user) = &self.username {
             settings = settings.set_username(user);
@@ -97,10 +96,25 @@ impl RedisConfig {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
-        let info = ConnectionAddr::Tcp(self.host.clone(), self.port)
-            .into_connection_info()?
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
             .set_redis_settings(settings);
-        redis::Client::open(info)
+        if self.tls {
+            crate::state::redis::tls_client(md, info)
+        } else {
+            redis::Client::open(info).map_err(|e| BuildError::Init(format!("redisHost: {e}")))
+        }
     }
 }
 
@@ -131,10 +145,8 @@ async fn connect(
 }
 
 impl RedisPubSub {
-    pub async fn connect(config: RedisConfig) -> Result<Self, BuildError> {
-        let client = config
-            .client()
-            .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?;
+    pub async fn connect(config: RedisConfig, md: &Metadata) -> Result<Self, BuildError> {
+        let client = config.client(md)?;
         let mut conn = connect(&client, RESPONSE_TIMEOUT).await.map_err(|e| {
             BuildError::Init(format!(
                 "cannot connect to Redis at {}:{}: {e}",
