@@ -755,3 +755,55 @@ async fn deliveries_pause_while_the_app_is_unhealthy() {
     );
     assert!(app.requests_to("/d").is_empty());
 }
+
+#[tokio::test]
+async fn inbound_circuit_breaker_stops_calling_the_app_once_open() {
+    let resources = ResourcesDir::new();
+    resources.write(
+        "memory.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\nspec: {type: pubsub.in-memory, version: v1, metadata: []}\n",
+    );
+    resources.write(
+        "resiliency.yaml",
+        r#"apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: r}
+spec:
+  policies:
+    retries:
+      many: {policy: constant, duration: 10ms, maxRetries: 9}
+    circuitBreakers:
+      cb: {maxRequests: 1, timeout: 60s, trip: consecutiveFailures > 2}
+  targets:
+    components:
+      pubsub: {inbound: {retry: many, circuitBreaker: cb}}
+"#,
+    );
+    let app = TestApp::start(|req| match req.path() {
+        "/dapr/subscribe" => Reply::json(
+            200,
+            json!([
+                {"pubsubname": "pubsub", "topic": "t", "route": "/t", "deadLetterTopic": "d"},
+                {"pubsubname": "pubsub", "topic": "d", "route": "/d"},
+            ]),
+        ),
+        "/t" => Reply::status(500),
+        _ => Reply::ok(),
+    })
+    .await;
+    let sc = start(&app, &resources).await;
+    assert_eq!(publish_json(&sc, "t", json!({"n": 1})).await, 204);
+    // The breaker guards the whole component inbound (a dead-letter subscription on it would
+    // be held too), so the exhausted message goes back to the broker.
+    assert!(
+        tandem_testkit::eventually(WAIT, || async {
+            sc.logs()
+                .contains("failed after 10 attempt(s): circuit breaker is open (cb/pubsub)")
+        })
+        .await,
+        "{}",
+        sc.logs()
+    );
+    // Three failures trip the breaker; the remaining attempts never reach the app.
+    assert_eq!(app.requests_to("/t").len(), 3);
+}

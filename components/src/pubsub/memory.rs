@@ -24,6 +24,9 @@ use crate::metadata::{Metadata, MetadataError};
 
 /// Default bound of messages waiting in one consumer group (`maxBufferedMessages`).
 pub const DEFAULT_MAX_BUFFERED: usize = 100_000;
+/// Default wait before a nacked message is offered again (`redeliverInterval`), so a message
+/// that keeps failing does not hammer the app.
+pub const DEFAULT_REDELIVER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
@@ -31,6 +34,7 @@ pub struct MemoryConfig {
     pub queue_depth: usize,
     pub concurrency: usize,
     pub max_buffered: usize,
+    pub redeliver_interval: std::time::Duration,
 }
 
 impl MemoryConfig {
@@ -44,6 +48,11 @@ impl MemoryConfig {
             max_buffered: md
                 .get_u64("maxBufferedMessages", DEFAULT_MAX_BUFFERED as u64)?
                 .max(1) as usize,
+            redeliver_interval: md.get_duration(
+                "redeliverInterval",
+                std::time::Duration::from_millis(1),
+                DEFAULT_REDELIVER_INTERVAL,
+            )?,
         })
     }
 }
@@ -61,9 +70,17 @@ struct Group {
     queue: Mutex<VecDeque<Stored>>,
     in_flight: Mutex<HashMap<u64, Stored>>,
     ready: Notify,
+    redeliver_interval: std::time::Duration,
 }
 
-impl Settle for Group {
+impl Group {
+    fn requeue(&self, stored: Stored) {
+        self.queue.lock().push_back(stored);
+        self.ready.notify_one();
+    }
+}
+
+impl Settle for Arc<Group> {
     fn settle(&self, position: &str, outcome: Settlement) {
         let Ok(seq) = position.parse::<u64>() else {
             return;
@@ -71,9 +88,19 @@ impl Settle for Group {
         let Some(stored) = self.in_flight.lock().remove(&seq) else {
             return;
         };
-        if outcome == Settlement::Nack {
-            self.queue.lock().push_back(stored);
-            self.ready.notify_one();
+        if outcome != Settlement::Nack {
+            return;
+        }
+        let delay = self.redeliver_interval;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !delay.is_zero() => {
+                let group = self.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    group.requeue(stored);
+                });
+            }
+            _ => self.requeue(stored),
         }
     }
 }
@@ -114,6 +141,7 @@ impl MemoryPubSub {
                     queue: Mutex::new(backlog),
                     in_flight: Mutex::new(HashMap::new()),
                     ready: Notify::new(),
+                    redeliver_interval: self.config.redeliver_interval,
                 })
             })
             .clone()
@@ -193,7 +221,7 @@ impl PubSub for MemoryPubSub {
                     metadata: stored.metadata.clone(),
                     position: stored.seq.to_string(),
                     partition_key,
-                    ack: AckHandle::new(group.clone(), stored.seq.to_string()),
+                    ack: AckHandle::new(Arc::new(group.clone()), stored.seq.to_string()),
                 };
                 if let Err(msg) = feed.send(msg).await {
                     // Not handed over: the nack on drop puts it back for the next subscriber.
@@ -218,6 +246,7 @@ mod tests {
             queue_depth: 4,
             concurrency: 2,
             max_buffered: 10,
+            redeliver_interval: std::time::Duration::ZERO,
         })
     }
 

@@ -116,6 +116,36 @@ pub async fn post(
             .unwrap_or_default();
         Ok::<_, String>((status, body))
     };
+    let ticket = match &ctx.policy.breaker {
+        None => None,
+        Some(breaker) => match breaker.try_acquire() {
+            Ok(ticket) => Some((breaker, ticket)),
+            Err(rejection) => {
+                return (
+                    Verdict::Retry {
+                        status: 0,
+                        reason: format!("{rejection} ({})", breaker.name()),
+                    },
+                    Bytes::new(),
+                )
+            }
+        },
+    };
+    let (verdict, body) = attempt(ctx, call, classify_answer).await;
+    if let Some((breaker, ticket)) = ticket {
+        match verdict {
+            Verdict::Success | Verdict::Drop => breaker.success(ticket),
+            Verdict::Retry { .. } | Verdict::NotFound { .. } => breaker.failure(ticket),
+        }
+    }
+    (verdict, body)
+}
+
+async fn attempt(
+    ctx: &SubscriptionContext,
+    call: impl std::future::Future<Output = Result<(u16, Bytes), String>>,
+    classify_answer: impl Fn(u16, &[u8]) -> Verdict,
+) -> (Verdict, Bytes) {
     match tokio::time::timeout(ctx.policy.timeout, call).await {
         Ok(Ok((status, body))) => (classify_answer(status, &body), body),
         Ok(Err(e)) => (

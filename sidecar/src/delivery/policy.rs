@@ -5,9 +5,10 @@
 //! redelivery to the broker), Tandem applies [`builtin_retry`]: a RETRY is redelivered within a
 //! second, a few times, with backoff; `maxRetries: 0` in a policy gives Dapr's single attempt.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::resiliency::{ComponentKind, Direction, Resiliency, RetryPolicy};
+use crate::resiliency::{CircuitBreaker, ComponentKind, Direction, Resiliency, RetryPolicy};
 
 /// Retries after the first attempt under the built-in policy.
 pub const BUILTIN_MAX_RETRIES: u32 = 3;
@@ -25,17 +26,21 @@ pub fn builtin_retry() -> RetryPolicy {
     )
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct DeliveryPolicy {
     pub retry: RetryPolicy,
     pub timeout: Duration,
+    /// The inbound circuit breaker of the component, when a policy names one: while it is
+    /// open, attempts fail at once (and count against the retry budget) without calling the app.
+    pub breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl DeliveryPolicy {
     pub fn for_component(resiliency: &Resiliency, pubsub: &str) -> Self {
         let target = resiliency.component(pubsub, ComponentKind::Pubsub, Direction::Inbound);
         Self {
-            retry: target.retry.unwrap_or_else(builtin_retry),
+            breaker: resiliency.breaker(&target, pubsub),
+            retry: target.retry.clone().unwrap_or_else(builtin_retry),
             timeout: target.timeout.unwrap_or(DEFAULT_DELIVERY_TIMEOUT),
         }
     }
