@@ -331,7 +331,7 @@ async fn kill_dash_nine_of_the_sidecar_mid_stream_loses_nothing() {
 async fn restarting_redis_mid_stream_loses_nothing() {
     let mut redis = RedisServer::start_persistent().await;
     let ledger = Arc::new(Ledger {
-        work_ms: 2,
+        work_ms: 50,
         ..Default::default()
     });
     let (port, _app) = start_app(ledger.clone()).await;
@@ -346,6 +346,11 @@ async fn restarting_redis_mid_stream_loses_nothing() {
         .await
     );
     redis.restart().await;
+    let at_restart = ledger.delivered.lock().len();
+    assert!(
+        at_restart < published.len(),
+        "the restart must happen mid-stream"
+    );
     // Publishing goes on; what the sidecar refused while Redis was down is not counted.
     let mut next = 1500;
     for _ in 0..50 {
@@ -371,7 +376,7 @@ async fn restarting_redis_mid_stream_loses_nothing() {
     let delivered = ledger.delivered.lock().len();
     let dups = duplicates(&ledger);
     println!(
-        "redis restart: published {}, delivered {delivered}, duplicates {dups}",
+        "redis restart: published {}, delivered at restart {at_restart}, delivered {delivered}, duplicates {dups}",
         published.len(),
     );
 }
