@@ -650,6 +650,8 @@ async fn same_key_in_order_one_at_a_time_other_keys_in_parallel() {
         let e = r.json();
         let key = e["data"]["key"].as_str().unwrap().to_string();
         let seq = e["data"]["seq"].as_i64().unwrap();
+        // Broker metadata arrives as headers.
+        assert_eq!(r.header("partitionKey"), Some(key.as_str()));
         if let Some(prev) = last.insert(key.clone(), seq) {
             assert!(seq > prev, "key {key}: {seq} after {prev}");
         }

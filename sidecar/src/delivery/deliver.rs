@@ -59,8 +59,22 @@ pub fn delivery_headers(
             headers.push((n, v));
         }
     };
+    // Broker metadata becomes headers, except names the delivery itself sets or HTTP owns.
+    const RESERVED: &[&str] = &[
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "host",
+        "pubsubname",
+        "traceparent",
+        "tracestate",
+        "dapr-api-token",
+    ];
     for (k, v) in metadata {
-        add(k, v);
+        if !RESERVED.iter().any(|r| k.eq_ignore_ascii_case(r)) {
+            add(k, v);
+        }
     }
     add("content-type", content_type);
     add("pubsubname", &ctx.spec.pubsub_name);
