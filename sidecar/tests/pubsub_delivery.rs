@@ -476,6 +476,8 @@ async fn bulk_publish_and_bulk_subscribe() {
                  "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 300}},
                 {"pubsubname": "pubsub", "topic": "bulkdlq", "route": "/bulkdlq"},
                 {"pubsubname": "pubsub", "topic": "plain", "route": "/plain"},
+                {"pubsubname": "pubsub", "topic": "rawbulk", "route": "/rawbulk", "metadata": {"rawPayload": "true"},
+                 "bulkSubscribe": {"enabled": true, "maxMessagesCount": 2, "maxAwaitDurationMs": 200}},
             ]));
         }
         if req.path() == "/bulk" {
@@ -545,6 +547,23 @@ async fn bulk_publish_and_bulk_subscribe() {
     assert!(events
         .iter()
         .any(|e| e["data"] == json!({"x": 1}) && e["type"] == "t2"));
+
+    // Raw bulk subscribers get each payload base64 as application/octet-stream, as daprd sends.
+    for body in ["r1", "r2"] {
+        let r = c
+            .post(sc.url("/v1.0/publish/pubsub/rawbulk?metadata.rawPayload=true"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let raw = app.wait_for(1, WAIT, |r| is_post(r, "/rawbulk")).await;
+    assert!(!raw.is_empty(), "{}", sc.logs());
+    let raw = raw[0].json();
+    let entries = raw["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["contentType"], "application/octet-stream");
+    assert_eq!(entries[0]["event"], "cjE=");
 
     for bad in [
         json!([{"entryId": "a", "event": 1}, {"entryId": "a", "event": 2}]),

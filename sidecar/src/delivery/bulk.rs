@@ -81,11 +81,16 @@ fn bulk_body(ctx: &SubscriptionContext, entries: &[Entry]) -> Bytes {
     let items: Vec<Value> = entries
         .iter()
         .map(|e| {
+            // As daprd: a raw subscription's entry is the payload, base64, as octet-stream.
+            let (event, content_type) = match e.event.get("data_base64") {
+                Some(raw) if ctx.raw => (raw.clone(), "application/octet-stream"),
+                _ => (e.event.clone(), CLOUDEVENTS_JSON),
+            };
             json!({
                 "entryId": e.id,
-                "event": e.event,
+                "event": event,
                 "metadata": e.metadata,
-                "contentType": CLOUDEVENTS_JSON,
+                "contentType": content_type,
             })
         })
         .collect();

@@ -54,6 +54,15 @@ await server.pubsub.subscribeWithOptions("pubsub", "flaky", {
 await server.pubsub.subscribe("pubsub", "flaky-dead", async (data, headers) => {
   dead.push(data);
 });
+const bulkReceived = [];
+await server.pubsub.subscribeBulk(
+  "pubsub",
+  "bulk-topic",
+  async (data) => {
+    bulkReceived.push(data);
+  },
+  { maxMessagesCount: 10, maxAwaitDurationMs: 200 },
+);
 await server.start();
 
 const client = new DaprClient({ daprHost, daprPort, communicationProtocol: CommunicationProtocolEnum.HTTP });
@@ -66,12 +75,14 @@ const bulk = await client.pubsub.publishBulk("pubsub", "orders", [{ orderId: 2 }
 if (bulk.failedMessages && bulk.failedMessages.length > 0) fail(`bulk: ${JSON.stringify(bulk)}`);
 check(await client.pubsub.publish("pubsub", "routed", { kind: "w" }, { metadata: { "cloudevent.type": "widget" } }), "widget");
 check(await client.pubsub.publish("pubsub", "routed", { kind: "o" }), "other");
+const bulkOut = await client.pubsub.publishBulk("pubsub", "bulk-topic", [{ b: 1 }, { b: 2 }, { b: 3 }]);
+if (bulkOut.failedMessages && bulkOut.failedMessages.length > 0) fail(`bulk-topic: ${JSON.stringify(bulkOut)}`);
 check(await client.pubsub.publish("pubsub", "flaky", { n: 1 }), "flaky");
 check(await client.pubsub.publish("pubsub", "flaky", { poison: true }), "poison");
 
 const deadline = Date.now() + 20000;
 while (Date.now() < deadline) {
-  if (orders.length >= 4 && widgets.length >= 1 && others.length >= 1 && retried >= 2 && dead.length >= 1) break;
+  if (orders.length >= 4 && widgets.length >= 1 && others.length >= 1 && retried >= 2 && dead.length >= 1 && bulkReceived.length >= 3) break;
   await new Promise((r) => setTimeout(r, 50));
 }
 const ids = orders.map((o) => (typeof o === "object" ? o.orderId : o)).sort();
@@ -80,6 +91,8 @@ if (widgets.length !== 1 || widgets[0].kind !== "w") fail(`widgets: ${JSON.strin
 if (others.length !== 1 || others[0].kind !== "o") fail(`others: ${JSON.stringify(others)}`);
 if (retried !== 2) fail(`RETRY then SUCCESS expected 2 deliveries, got ${retried}`);
 if (dead.length !== 1 || !dead[0].poison) fail(`dead letters: ${JSON.stringify(dead)}`);
+const bulkValues = bulkReceived.map((d) => d.b).sort();
+if (JSON.stringify(bulkValues) !== "[1,2,3]") fail(`bulk subscribe: ${JSON.stringify(bulkReceived)}`);
 console.log("OK pubsub round trip");
 await server.stop();
 process.exit(0);
