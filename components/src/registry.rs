@@ -72,6 +72,30 @@ struct Entry {
 
 const TYPES: &[Entry] = &[
     Entry {
+        component_type: "pubsub.in-memory",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let config = crate::pubsub::memory::MemoryConfig::from_metadata(&md, &ctx.app_id)?;
+                Ok(Component::PubSub(Arc::new(
+                    crate::pubsub::memory::MemoryPubSub::new(config),
+                )))
+            })
+        },
+    },
+    Entry {
+        component_type: "pubsub.redis",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                let config = crate::pubsub::redis::RedisConfig::from_metadata(&md, &ctx.app_id)?;
+                Ok(Component::PubSub(Arc::new(
+                    crate::pubsub::redis::RedisPubSub::connect(config, &md).await?,
+                )))
+            })
+        },
+    },
+    Entry {
         component_type: "state.in-memory",
         versions: &["v1"],
         factory: |md, ctx| {

@@ -28,6 +28,8 @@ pub struct LoadedComponent {
     pub component_type: String,
     pub version: String,
     pub component: Component,
+    /// The resolved metadata it was built from (pub/sub topic scopes are read from it).
+    pub metadata: Metadata,
 }
 
 #[derive(Default)]
@@ -48,7 +50,7 @@ impl ComponentSet {
             .partition(|s| s.building_block() == "secretstores");
         for spec in secret_stores.into_iter().chain(others) {
             match set.build_one(spec, templates).await {
-                Ok(component) => {
+                Ok((component, metadata)) => {
                     tracing::info!(
                         "component loaded: {} ({}/{})",
                         spec.name,
@@ -60,6 +62,7 @@ impl ComponentSet {
                         component_type: spec.component_type.clone(),
                         version: spec.version.clone(),
                         component,
+                        metadata,
                     });
                 }
                 Err(message) if spec.ignore_errors => tracing::warn!(
@@ -83,7 +86,7 @@ impl ComponentSet {
         &self,
         spec: &ComponentSpec,
         templates: &TemplateContext,
-    ) -> Result<Component, String> {
+    ) -> Result<(Component, Metadata), String> {
         let mut metadata = Metadata::new();
         for (i, item) in spec.metadata.iter().enumerate() {
             let value = self
@@ -100,9 +103,9 @@ impl ComponentSet {
             app_id: templates.app_id.clone(),
             namespace: templates.namespace.clone(),
         };
-        let build = registry::build(&spec.component_type, &spec.version, metadata, ctx);
+        let build = registry::build(&spec.component_type, &spec.version, metadata.clone(), ctx);
         match tokio::time::timeout(spec.init_timeout, build).await {
-            Ok(Ok(component)) => Ok(component),
+            Ok(Ok(component)) => Ok((component, metadata)),
             Ok(Err(e)) => Err(format!("failed to initialise: {e}")),
             Err(_) => Err(format!(
                 "did not initialise within spec.initTimeout ({:?})",

@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod component_set;
+pub mod delivery;
 pub mod invoke;
 pub mod logging;
 pub mod metrics;

@@ -131,6 +131,8 @@ pub struct Runtime {
     pub http_endpoints: Vec<HttpEndpointSpec>,
     pub secret_scopes: Vec<SecretScope>,
     pub app: Option<Arc<AppChannel>>,
+    /// Pub/sub deliveries to the app.
+    pub delivery: crate::delivery::Delivery,
     /// Service invocation (caller side).
     pub invoker: crate::invoke::Invoker,
     /// Values set through `PUT /v1.0/metadata/{key}`.
@@ -272,6 +274,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         http_endpoints: resources.http_endpoints,
         secret_scopes,
         app,
+        delivery: crate::delivery::Delivery::new(),
         extended_metadata: RwLock::new(BTreeMap::new()),
         outbound_ready: AtomicBool::new(false),
         app_ready: AtomicBool::new(false),
@@ -374,7 +377,12 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
         "shutting down: waiting up to {:?} for in-flight work",
         settings.graceful_shutdown
     );
-    let drained = tokio::time::timeout(settings.graceful_shutdown, async {
+    let graceful_deadline = tokio::time::Instant::now() + settings.graceful_shutdown;
+    // Deliveries stop pulling and settle their messages while the components are still open.
+    if !rt.delivery.drain(settings.graceful_shutdown).await {
+        tracing::warn!("graceful shutdown period elapsed with deliveries still in flight");
+    }
+    let drained = tokio::time::timeout_at(graceful_deadline, async {
         while servers.join_next().await.is_some() {}
     })
     .await;
@@ -485,6 +493,8 @@ async fn become_ready(rt: Arc<Runtime>) {
             }
         }
     }
+    // As daprd: subscriptions are read and opened before the sidecar reports ready.
+    rt.delivery.start(&rt).await;
     rt.app_ready.store(true, Ordering::Release);
     tracing::info!(
         "dapr initialized. Status: Running. Init Elapsed {}ms",

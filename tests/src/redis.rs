@@ -9,6 +9,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -18,6 +19,20 @@ impl RedisServer {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
+            persistent: false,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Like `start`, but with an append-only file synced on every write, so a `restart()`
+    /// keeps everything Redis acknowledged (a crash of a durable Redis).
+    pub async fn start_persistent() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            persistent: true,
         };
         server.launch().await;
         server
@@ -33,7 +48,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.persistent { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
                 "--dir",
                 &self.dir.path().display().to_string(),
             ])

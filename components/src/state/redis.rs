@@ -144,7 +144,10 @@ fn split_host(text: &str) -> Result<(String, u16), BuildError> {
 
 /// A TLS client (rustls with the ring provider) that verifies the server against the system's
 /// roots, or against `caCert` (PEM) when given; `clientCert` + `clientKey` (PEM) enable mTLS.
-fn tls_client(md: &Metadata, info: redis::ConnectionInfo) -> Result<redis::Client, BuildError> {
+pub(crate) fn tls_client(
+    md: &Metadata,
+    info: redis::ConnectionInfo,
+) -> Result<redis::Client, BuildError> {
     // Another crate may have installed a provider already; either way one is in place after this.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client_tls = match (

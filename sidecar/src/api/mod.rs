@@ -6,6 +6,7 @@ pub mod error;
 mod health;
 mod invoke;
 mod metadata;
+mod pubsub;
 mod secrets;
 mod shutdown;
 mod state;
@@ -23,6 +24,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
     let routes = Router::new()
         .merge(health::routes())
         .merge(metadata::routes())
+        .merge(pubsub::routes())
         .merge(secrets::routes())
         .merge(shutdown::routes())
         .merge(state::routes())
