@@ -20,6 +20,7 @@ use crate::stats::{paired_ratio, Spread};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct WrkFigures {
     pub requests_per_sec: f64,
+    pub mean_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -45,11 +46,20 @@ pub fn parse_wrk_duration(s: &str) -> Option<f64> {
 /// Reads `wrk --latency` output.
 pub fn parse_wrk(output: &str) -> Option<WrkFigures> {
     let mut rps = None;
+    let mut mean = None;
     let (mut p50, mut p90, mut p99) = (None, None, None);
     for line in output.lines() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
             rps = v.trim().parse::<f64>().ok();
+        }
+        // "Latency   <avg> <stdev> <max> <+/- stdev>" (not "Latency Distribution").
+        if let Some(avg) = t
+            .strip_prefix("Latency ")
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(parse_wrk_duration)
+        {
+            mean = Some(avg);
         }
         let mut parts = t.split_whitespace();
         if let (Some(q), Some(v), None) = (parts.next(), parts.next(), parts.next()) {
@@ -63,6 +73,7 @@ pub fn parse_wrk(output: &str) -> Option<WrkFigures> {
     }
     Some(WrkFigures {
         requests_per_sec: rps?,
+        mean_ms: mean?,
         p50_ms: p50?,
         p90_ms: p90?,
         p99_ms: p99?,
@@ -135,8 +146,11 @@ pub async fn run(
         connections,
         duration: Duration::from_secs(seconds),
     };
-    let mut ours: [Vec<f64>; 4] = Default::default();
-    let mut theirs: [Vec<f64>; 4] = Default::default();
+    // Per figure: throughput, mean, p50, p90, p99, and the mean Little's law implies
+    // (connections / throughput): a generator whose mean disagrees with it mis-measures latency.
+    let mut ours: [Vec<f64>; 6] = Default::default();
+    let mut theirs: [Vec<f64>; 6] = Default::default();
+    let littles_ms = |throughput: f64| connections as f64 / throughput * 1000.0;
     loadgen::run_closed_loop(
         &op,
         ClosedLoop {
@@ -149,9 +163,11 @@ pub async fn run(
         let r = loadgen::run_closed_loop(&op, cfg).await?;
         for (i, v) in [
             r.throughput(),
+            r.latency_us.mean() / 1000.0,
             r.quantile_ms(0.5),
             r.quantile_ms(0.9),
             r.quantile_ms(0.99),
+            littles_ms(r.throughput()),
         ]
         .into_iter()
         .enumerate()
@@ -175,15 +191,29 @@ pub async fn run(
         let text = String::from_utf8_lossy(&out.stdout);
         let w = parse_wrk(&text)
             .ok_or_else(|| ScenarioError::Failed(format!("cannot read wrk output:\n{text}")))?;
-        for (i, v) in [w.requests_per_sec, w.p50_ms, w.p90_ms, w.p99_ms]
-            .into_iter()
-            .enumerate()
+        for (i, v) in [
+            w.requests_per_sec,
+            w.mean_ms,
+            w.p50_ms,
+            w.p90_ms,
+            w.p99_ms,
+            littles_ms(w.requests_per_sec),
+        ]
+        .into_iter()
+        .enumerate()
         {
             theirs[i].push(v);
         }
     }
     app.stop().await;
-    let names = ["throughput (req/s)", "p50 (ms)", "p90 (ms)", "p99 (ms)"];
+    let names = [
+        "throughput (req/s)",
+        "mean latency (ms)",
+        "p50 (ms)",
+        "p90 (ms)",
+        "p99 (ms)",
+        "mean implied by Little's law, connections / throughput (ms)",
+    ];
     Ok(GeneratorCheck {
         connections,
         seconds: seconds as f64,
@@ -224,6 +254,7 @@ Transfer/sec:     20.00MB
     fn wrk_output_is_read() {
         let w = parse_wrk(WRK).unwrap();
         assert_eq!(w.requests_per_sec, 100000.5);
+        assert!((w.mean_ms - 0.12345).abs() < 1e-9);
         assert!((w.p50_ms - 0.11).abs() < 1e-9);
         assert!((w.p90_ms - 0.16).abs() < 1e-9);
         assert!((w.p99_ms - 1.3).abs() < 1e-9);

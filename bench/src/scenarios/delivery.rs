@@ -277,7 +277,7 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
         report.push(f);
     }
     let kafka =
-        "not built yet (Kafka pub/sub and its librdkafka mock cluster are not in this build)";
+        "not built yet: needs pubsub.kafka in the build and a librdkafka mock cluster in the bench";
     report.push(
         Figure::new(
             "end-to-end p50 and maximum sustained rate, Kafka (mock cluster)",

@@ -35,8 +35,10 @@ pub async fn start_pair(
     ctx: &Ctx,
     app_port: u16,
 ) -> Result<(Managed, Managed, Operation), ScenarioError> {
-    let (callee, _) = ctx.sidecar(CALLEE, Some(app_port), None).await?;
-    let (caller, caller_port) = ctx.sidecar("bench-caller", None, None).await?;
+    // No components: invocation needs none, and the built-in defaults would measure them too.
+    let empty = ctx.empty_resources()?;
+    let (callee, _) = ctx.sidecar(CALLEE, Some(app_port), Some(&empty)).await?;
+    let (caller, caller_port) = ctx.sidecar("bench-caller", None, Some(&empty)).await?;
     let path = format!("/v1.0/invoke/{CALLEE}/method/echo");
     let op = echo_op(caller_port, &path);
     let answer = probe(&op, &format!("POST {path}")).await?;

@@ -41,7 +41,8 @@ impl From<ProcessError> for ScenarioError {
                 .lines()
                 .find(|l| l.contains("not supported by this build"))
                 .unwrap_or(&text);
-            let short = line
+            let from = line.find("component type ").unwrap_or(0);
+            let short = line[from..]
                 .split("; supported types")
                 .next()
                 .unwrap_or(line)
@@ -159,6 +160,12 @@ impl Ctx {
         self.redis.as_ref().map(|(m, _)| m.pid)
     }
 
+    /// An empty resources directory: a sidecar without components (not even the built-in
+    /// in-memory defaults), for scenarios that need none.
+    pub fn empty_resources(&self) -> Result<PathBuf, ScenarioError> {
+        Ok(self.ws.subdir("empty-resources")?)
+    }
+
     pub async fn sidecar(
         &self,
         app_id: &str,
@@ -235,9 +242,14 @@ fn checked(r: RunResult) -> Result<RunResult, ScenarioError> {
 
 /// One request to check the running binary has the feature; any failure means "unavailable".
 pub async fn probe(op: &Operation, what: &str) -> Result<Bytes, ScenarioError> {
-    loadgen::call_once(op)
-        .await
-        .map_err(|e| ScenarioError::Unavailable(format!("{what}: {e}")))
+    loadgen::call_once(op).await.map_err(|e| {
+        ScenarioError::Unavailable(match e {
+            LoadError::Status { status: 404, body } if body.trim().is_empty() => {
+                format!("{what}: route not served by this build (HTTP 404)")
+            }
+            e => format!("{what}: {e}"),
+        })
+    })
 }
 
 pub fn command_exists(name: &str) -> bool {
