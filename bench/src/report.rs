@@ -22,7 +22,7 @@ pub struct Comparison {
 
 /// A target another issue set, checked on the median.
 #[derive(Debug, Clone, Copy, Serialize)]
-#[serde(tag = "on", rename_all = "lowercase")]
+#[serde(tag = "on", rename_all = "snake_case")]
 pub enum Target {
     /// Tandem's own figure at most this.
     ValueAtMost { limit: f64 },

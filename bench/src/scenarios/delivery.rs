@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
 
-use super::{component_yaml, probe, resources_dir, Ctx, ScenarioError, Series, PAYLOAD};
+use super::{
+    component_yaml, mb, probe, read_proc, resources_dir, Ctx, ScenarioError, Series, PAYLOAD,
+};
 use crate::app::DeliveryStats;
 use crate::loadgen::{self, unix_ns, Body, ClosedLoop, HttpOp, OpenLoop, Operation, RunResult};
 use crate::processes::{self, local, Managed};
@@ -132,12 +134,7 @@ fn undelivered(r: &RunResult, s: &DeliveryStats, what: &str) -> Result<u64, Scen
 }
 
 /// Fixed rate: end-to-end latency from the stamps, measured by the app.
-pub async fn at_rate(
-    ctx: &Ctx,
-    p: &Path,
-    rate: f64,
-    what: &str,
-) -> Result<(DeliveryStats, u64), ScenarioError> {
+pub async fn at_rate(ctx: &Ctx, p: &Path, rate: f64, what: &str) -> Result<AtRate, ScenarioError> {
     let cfg = |duration| OpenLoop {
         rate,
         duration,
@@ -146,6 +143,8 @@ pub async fn at_rate(
     let warm = loadgen::run_open_loop(&p.publish, cfg(ctx.profile.warmup)).await?;
     wait_delivered(p.app_port, warm.ok, ctx.profile.drain).await?;
     reset(p.app_port).await?;
+    let pid = p.sidecar.as_ref().map(|m| m.pid);
+    let before = pid.map(|pid| read_proc(pid, false)).transpose()?;
     let r = loadgen::run_open_loop(&p.publish, cfg(ctx.profile.run)).await?;
     if r.error_fraction() > super::MAX_ERROR_FRACTION {
         return Err(ScenarioError::Failed(format!(
@@ -157,7 +156,28 @@ pub async fn at_rate(
     }
     let s = wait_delivered(p.app_port, r.ok, ctx.profile.drain).await?;
     let missing = undelivered(&r, &s, what)?;
-    Ok((s, missing))
+    // CPU from before the first publish to after the last delivery: publishing and delivering.
+    let after = pid.map(|pid| read_proc(pid, false)).transpose()?;
+    let usage = before.zip(after).map(|(b, a)| {
+        (
+            (a.cpu_seconds - b.cpu_seconds) / (s.count.max(1) as f64) * 1000.0,
+            mb(a.rss_kb),
+        )
+    });
+    Ok(AtRate {
+        stats: s,
+        missing,
+        cpu_per_1k_and_rss: usage,
+    })
+}
+
+/// The outcome of a fixed-rate delivery run.
+pub struct AtRate {
+    pub stats: DeliveryStats,
+    /// Published but not delivered within the drain time.
+    pub missing: u64,
+    /// The sidecar's CPU seconds per 1,000 delivered events and its RSS (MB) after the run.
+    pub cpu_per_1k_and_rss: Option<(f64, f64)>,
 }
 
 /// Closed-loop publishing; delivered messages per second from the first publish to the last
@@ -226,14 +246,20 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
         }
     };
     for _ in 0..ctx.profile.reps {
-        let (d, missing) = at_rate(ctx, &direct, rate, "direct").await?;
-        note_missing("direct", "fixed rate", missing);
+        let run = at_rate(ctx, &direct, rate, "direct").await?;
+        note_missing("direct", "fixed rate", run.missing);
+        let d = run.stats;
         s.push("direct_p50", d.p50_us as f64 / 1000.0);
         s.push("direct_p99", d.p99_us as f64 / 1000.0);
         for (title, p) in &brokers {
             if let Ok(p) = p {
-                let (d, missing) = at_rate(ctx, p, rate, title).await?;
-                note_missing(title, "fixed rate", missing);
+                let run = at_rate(ctx, p, rate, title).await?;
+                note_missing(title, "fixed rate", run.missing);
+                if let Some((cpu, rss)) = run.cpu_per_1k_and_rss {
+                    s.push(&format!("{title}_cpu_per_1k"), cpu);
+                    s.push(&format!("{title}_rss"), rss);
+                }
+                let d = run.stats;
                 s.push(&format!("{title}_p50"), d.p50_us as f64 / 1000.0);
                 s.push(&format!("{title}_p99"), d.p99_us as f64 / 1000.0);
             }
@@ -268,6 +294,24 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
             }
             report.push(f);
         }
+        let mut f = Figure::new(
+            format!("subscriber sidecar CPU per 1,000 events at {rate_text}, {title}"),
+            "CPU s",
+        )
+        .tandem(s.get(&format!("{title}_cpu_per_1k")));
+        if let Err(reason) = p {
+            f = f.unavailable(reason);
+        }
+        report.push(f);
+        let mut f = Figure::new(
+            format!("subscriber sidecar RSS after the run, {title}"),
+            "MB",
+        )
+        .tandem(s.get(&format!("{title}_rss")));
+        if let Err(reason) = p {
+            f = f.unavailable(reason);
+        }
+        report.push(f);
         let t = s.get(&format!("{title}_sustained")).to_vec();
         let mut f = Figure::new(format!("maximum sustained delivery rate, {title}"), "msg/s")
             .tandem(&t)

@@ -9,10 +9,9 @@ use std::path::Path;
 use bytes::Bytes;
 use http::Method;
 
-use super::{json_string_payload, mb, probe, Ctx, ScenarioError, Series, PAYLOAD};
+use super::{json_string_payload, probe, Ctx, ScenarioError, Series, PAYLOAD};
 use crate::loadgen::{Body, HttpOp, Operation, RunResult};
 use crate::processes::{self, local, Managed, NGINX};
-use crate::procstat::{self, ProcSample};
 use crate::report::{ComparisonKind, Figure, ScenarioReport, Target};
 
 pub const NAME: &str = "2. invocation";
@@ -51,44 +50,6 @@ pub async fn start_pair(
     Ok((caller, callee, op))
 }
 
-fn read(pid: u32, tree: bool) -> Result<ProcSample, ScenarioError> {
-    let r = if tree {
-        procstat::sample_tree(pid)
-    } else {
-        procstat::sample(pid)
-    };
-    r.map_err(|e| ScenarioError::Failed(e.to_string()))
-}
-
-/// Runs `op` open-loop while reading `procs` before and after.
-async fn open_with_usage(
-    ctx: &Ctx,
-    op: &Operation,
-    procs: &[(&str, u32, bool)],
-    s: &mut Series,
-    prefix: &str,
-) -> Result<RunResult, ScenarioError> {
-    ctx.warm_up(op, ctx.profile.rate).await?;
-    let before: Vec<ProcSample> = procs
-        .iter()
-        .map(|(_, pid, tree)| read(*pid, *tree))
-        .collect::<Result<_, _>>()?;
-    let r = ctx.measure_open(op, ctx.profile.rate).await?;
-    let run_secs = r.elapsed.as_secs_f64().max(1e-3);
-    for ((name, pid, tree), b) in procs.iter().zip(before) {
-        let a = read(*pid, *tree)?;
-        let cpu = a.cpu_seconds - b.cpu_seconds;
-        s.push(&format!("{prefix}{name}_vcpu"), cpu / run_secs);
-        s.push(
-            &format!("{prefix}{name}_cpu_per_1k"),
-            cpu / (r.ok.max(1) as f64) * 1000.0,
-        );
-        s.push(&format!("{prefix}{name}_rss"), mb(a.rss_kb));
-        s.push(&format!("{prefix}{name}_peak"), mb(a.peak_rss_kb));
-    }
-    Ok(r)
-}
-
 fn push_latency(s: &mut Series, target: &str, r: &RunResult) {
     s.push(&format!("{target}_p50"), r.quantile_ms(0.5));
     s.push(&format!("{target}_p90"), r.quantile_ms(0.9));
@@ -124,17 +85,18 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
     let rate = ctx.profile.rate;
     for _ in 0..ctx.profile.reps {
         // Fixed rate, then saturation; targets interleaved within each repetition.
-        let r =
-            open_with_usage(ctx, &direct, &[("app", app.pid, false)], &mut s, "direct_").await?;
+        let r = ctx
+            .open_with_usage(&direct, &[("app", app.pid, false)], &mut s, "direct_")
+            .await?;
         push_latency(&mut s, "direct", &r);
         if let Some((procs, op)) = &nginx {
             let usage = [("front", procs[0].pid, true), ("back", procs[1].pid, true)];
-            let r = open_with_usage(ctx, op, &usage, &mut s, "nginx_").await?;
+            let r = ctx.open_with_usage(op, &usage, &mut s, "nginx_").await?;
             push_latency(&mut s, "nginx", &r);
         }
         if let Some((caller, callee, op)) = &tandem {
             let usage = [("caller", caller.pid, false), ("callee", callee.pid, false)];
-            let r = open_with_usage(ctx, op, &usage, &mut s, "tandem_").await?;
+            let r = ctx.open_with_usage(op, &usage, &mut s, "tandem_").await?;
             push_latency(&mut s, "tandem", &r);
         }
         s.push("direct_sat", ctx.closed(&direct).await?.throughput());

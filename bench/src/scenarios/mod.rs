@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::loadgen::{self, ClosedLoop, LoadError, OpenLoop, Operation, RunResult};
 use crate::processes::{self, Managed, ProcessError, SidecarSpec, Workspace};
+use crate::procstat::{self, ProcSample};
 use crate::report::{ScenarioReport, Status};
 
 /// A run with more than this fraction of failed requests is an error, not a figure.
@@ -217,6 +218,37 @@ impl Ctx {
         checked(loadgen::run_open_loop(op, self.open_cfg(rate, self.profile.run)).await?)
     }
 
+    /// A warm-up, then a measured open-loop run at the profile's rate with each of `procs`
+    /// (name, pid, whole tree) read before and after: pushes `<prefix><name>_vcpu`,
+    /// `_cpu_per_1k`, `_rss` and `_peak` to `s`.
+    pub async fn open_with_usage(
+        &self,
+        op: &Operation,
+        procs: &[(&str, u32, bool)],
+        s: &mut Series,
+        prefix: &str,
+    ) -> Result<RunResult, ScenarioError> {
+        self.warm_up(op, self.profile.rate).await?;
+        let before: Vec<ProcSample> = procs
+            .iter()
+            .map(|(_, pid, tree)| read_proc(*pid, *tree))
+            .collect::<Result<_, _>>()?;
+        let r = self.measure_open(op, self.profile.rate).await?;
+        let run_secs = r.elapsed.as_secs_f64().max(1e-3);
+        for ((name, pid, tree), b) in procs.iter().zip(before) {
+            let a = read_proc(*pid, *tree)?;
+            let cpu = a.cpu_seconds - b.cpu_seconds;
+            s.push(&format!("{prefix}{name}_vcpu"), cpu / run_secs);
+            s.push(
+                &format!("{prefix}{name}_cpu_per_1k"),
+                cpu / (r.ok.max(1) as f64) * 1000.0,
+            );
+            s.push(&format!("{prefix}{name}_rss"), mb(a.rss_kb));
+            s.push(&format!("{prefix}{name}_peak"), mb(a.peak_rss_kb));
+        }
+        Ok(r)
+    }
+
     /// A warm-up, then one measured closed-loop run with the profile's saturation connections.
     pub async fn closed(&self, op: &Operation) -> Result<RunResult, ScenarioError> {
         let cfg = |duration| ClosedLoop {
@@ -228,6 +260,17 @@ impl Ctx {
     }
 }
 
+/// Reads a process (or a process and its children, `tree`).
+pub fn read_proc(pid: u32, tree: bool) -> Result<ProcSample, ScenarioError> {
+    let r = if tree {
+        procstat::sample_tree(pid)
+    } else {
+        procstat::sample(pid)
+    };
+    r.map_err(|e| ScenarioError::Failed(e.to_string()))
+}
+
+/// Runs `op` open-loop while reading `procs` before and after.
 fn checked(r: RunResult) -> Result<RunResult, ScenarioError> {
     if r.error_fraction() > MAX_ERROR_FRACTION {
         return Err(ScenarioError::Failed(format!(

@@ -21,7 +21,7 @@ pub async fn run(ctx: &mut Ctx) -> ScenarioReport {
 }
 
 struct StoreOps {
-    _sidecar: Managed,
+    sidecar: Managed,
     get: Operation,
     set: Operation,
     bulk: Operation,
@@ -97,7 +97,7 @@ async fn start_store(
         )));
     }
     Ok(StoreOps {
-        _sidecar: sidecar,
+        sidecar,
         get,
         set,
         bulk,
@@ -156,13 +156,17 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
     let mut s = Series::default();
     for _ in 0..ctx.profile.reps {
         for (op_name, direct) in [("GET", &direct_get), ("SET", &direct_set)] {
-            let r = ctx.open(direct).await?;
+            let redis = [("redis", ctx.redis_pid().unwrap_or(0), false)];
+            let prefix = format!("direct_{op_name}_");
+            let r = ctx.open_with_usage(direct, &redis, &mut s, &prefix).await?;
             s.push(&format!("direct_{op_name}_p50"), r.quantile_ms(0.5));
             s.push(&format!("direct_{op_name}_p99"), r.quantile_ms(0.99));
             for (title, ops) in &started {
                 if let Ok(ops) = ops {
                     let op = if op_name == "GET" { &ops.get } else { &ops.set };
-                    let r = ctx.open(op).await?;
+                    let sidecar = [("sidecar", ops.sidecar.pid, false)];
+                    let prefix = format!("{title}_{op_name}_");
+                    let r = ctx.open_with_usage(op, &sidecar, &mut s, &prefix).await?;
                     s.push(&format!("{title}_{op_name}_p50"), r.quantile_ms(0.5));
                     s.push(&format!("{title}_{op_name}_p99"), r.quantile_ms(0.99));
                 }
@@ -210,6 +214,37 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
                 report.push(f);
             }
         }
+        for op_name in ["GET", "SET"] {
+            let t = s
+                .get(&format!("{title}_{op_name}_sidecar_cpu_per_1k"))
+                .to_vec();
+            let b = s.get(&format!("direct_{op_name}_redis_cpu_per_1k"));
+            let mut f = Figure::new(
+                format!("sidecar CPU per 1,000 {op_name}s, {title} store"),
+                "CPU s",
+            )
+            .tandem(&t)
+            .against(
+                &format!("redis-server per 1,000 direct {op_name}s"),
+                &t,
+                b,
+                ComparisonKind::Ratio,
+            );
+            if op_name == "GET" {
+                f = f.dapr("57 mCPU at 1,000 QPS (v1.17, HTTP)");
+            }
+            if let Err(reason) = ops {
+                f = f.unavailable(reason);
+            }
+            report.push(f);
+        }
+        let mut f = Figure::new(format!("sidecar RSS after the runs, {title} store"), "MB")
+            .tandem(s.get(&format!("{title}_SET_sidecar_rss")))
+            .dapr("48 MB (v1.17, HTTP GET)");
+        if let Err(reason) = ops {
+            f = f.unavailable(reason);
+        }
+        report.push(f);
         let t = s.get(&format!("{title}_bulk_p50")).to_vec();
         let mut f = Figure::new(
             format!("bulk get of {BULK_KEYS} keys p50, {title} store"),
