@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use thiserror::Error;
 use tokio::process::{Child, Command};
+
+use crate::procstat;
 
 /// How long any process gets to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -154,7 +158,34 @@ impl Managed {
 
     /// Stops the process (SIGKILL; benchmarks never depend on a graceful exit) and reaps it.
     pub async fn stop(mut self) {
+        let children = procstat::children(self.pid);
         let _ = self.child.kill().await;
+        kill_all(&children);
+        self.pid = 0;
+    }
+}
+
+fn kill_all(pids: &[u32]) {
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Managed {
+    /// nginx's workers outlive a killed master (and a master respawns a killed worker): list the
+    /// children, kill the process, then kill the children it left behind. `kill_on_drop` then
+    /// finds the process already gone and reaps it.
+    fn drop(&mut self) {
+        if self.pid == 0 {
+            return;
+        }
+        let children = procstat::children(self.pid);
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        kill_all(&children);
     }
 }
 
@@ -383,6 +414,45 @@ pub async fn start_nginx_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gone(pid: u32) -> bool {
+        // Dead, or a zombie nobody reaps (a container's init may not).
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .map(|state| state == "Z" || state == "X")
+                .unwrap_or(true),
+        }
+    }
+
+    /// Like nginx's master and workers: dropping the process also ends the children it started.
+    #[tokio::test]
+    async fn dropping_a_process_ends_its_children() {
+        let ws = Workspace::new().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & sleep 60 & wait"]);
+        let m = Managed::spawn("sh", cmd, ws.path("sh.log")).unwrap();
+        let mut children = Vec::new();
+        for _ in 0..200 {
+            children = procstat::children(m.pid);
+            if children.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(children.len(), 2, "sh did not start its two children");
+        let parent = m.pid;
+        drop(m);
+        for _ in 0..200 {
+            if children.iter().all(|c| gone(*c)) && gone(parent) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(children.iter().all(|c| gone(*c)), "children left running");
+    }
 
     #[test]
     fn nginx_config_chains_to_the_upstream_with_keepalive() {
