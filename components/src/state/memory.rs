@@ -117,12 +117,7 @@ fn check_delete(req: &DeleteRequest, current: Option<&Entry>) -> Result<(), Stat
 #[async_trait]
 impl StateStore for MemoryStore {
     fn features(&self) -> Features {
-        Features {
-            etag: true,
-            transactional: true,
-            ttl: true,
-            actor: self.options.actor_state_store,
-        }
+        Features::full(self.options.actor_state_store)
     }
 
     fn options(&self) -> &StoreOptions {

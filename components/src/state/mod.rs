@@ -157,6 +157,16 @@ pub struct Features {
 }
 
 impl Features {
+    /// ETAG, TRANSACTIONAL and TTL, which every store of this build has; ACTOR as configured.
+    pub fn full(actor: bool) -> Self {
+        Self {
+            etag: true,
+            transactional: true,
+            ttl: true,
+            actor,
+        }
+    }
+
     pub fn capability_names(&self) -> Vec<String> {
         [
             (self.etag, "ETAG"),

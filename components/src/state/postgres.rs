@@ -392,12 +392,7 @@ async fn do_delete(
 #[async_trait]
 impl StateStore for PostgresStore {
     fn features(&self) -> Features {
-        Features {
-            etag: true,
-            transactional: true,
-            ttl: true,
-            actor: self.options.actor_state_store,
-        }
+        Features::full(self.options.actor_state_store)
     }
 
     fn options(&self) -> &StoreOptions {

@@ -446,12 +446,7 @@ fn failed_all(reqs: Vec<GetRequest>, message: String) -> Vec<BulkGetResult> {
 #[async_trait]
 impl StateStore for RedisStore {
     fn features(&self) -> Features {
-        Features {
-            etag: true,
-            transactional: true,
-            ttl: true,
-            actor: self.options.actor_state_store,
-        }
+        Features::full(self.options.actor_state_store)
     }
 
     fn options(&self) -> &StoreOptions {

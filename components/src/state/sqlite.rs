@@ -284,12 +284,7 @@ fn do_delete(tx: &Transaction<'_>, table: &str, req: &DeleteRequest) -> Result<(
 #[async_trait]
 impl StateStore for SqliteStore {
     fn features(&self) -> Features {
-        Features {
-            etag: true,
-            transactional: true,
-            ttl: true,
-            actor: self.options.actor_state_store,
-        }
+        Features::full(self.options.actor_state_store)
     }
 
     fn options(&self) -> &StoreOptions {
