@@ -9,9 +9,10 @@ scripts/install-test-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-if [ -f bench/Cargo.toml ]; then
-  cargo run --release -q -p tandem-bench -- all --quick
-fi
+# One release build of both binaries (one feature resolution), then the benchmark smoke run.
+cargo build --release -p tandem -p tandem-bench
+release="${CARGO_TARGET_DIR:-target}/release"
+"$release/tandem-bench" all --quick --tandem "$release/tandem"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
