@@ -469,7 +469,8 @@ impl Runner {
         let behind =
             self.outbox.len() >= self.outbox_limit || self.tracker.uncommitted() >= MAX_UNCOMMITTED;
         let caught_up = self.outbox.is_empty() && self.tracker.uncommitted() < MAX_UNCOMMITTED;
-        if !behind && !(self.paused && caught_up) {
+        let resume = self.paused && caught_up;
+        if !behind && !resume {
             return;
         }
         let assignment = match self.consumer.assignment() {
@@ -485,7 +486,7 @@ impl Runner {
                 tracing::warn!(%error, "kafka pause failed");
             }
             self.paused = true;
-        } else if self.paused && caught_up {
+        } else if resume {
             if let Err(error) = self.consumer.resume(&assignment) {
                 tracing::warn!(%error, "kafka resume failed");
             }
