@@ -397,3 +397,31 @@ async fn the_registry_builds_kafka_and_reports_metadata_errors_by_field() {
     .expect("oidc is rejected");
     assert!(err.to_string().contains("`authType`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_gets_everything_in_order_through_a_small_buffer() {
+    let cluster = cluster("slow", 1);
+    let bootstrap = cluster.bootstrap_servers();
+    let ps = connect(
+        &bootstrap,
+        "g8",
+        &[("initialOffset", "oldest"), ("channelBufferSize", "2")],
+    )
+    .await;
+    for i in 0..40 {
+        publish(&ps, "slow", &format!("m{i}"), &[]).await;
+    }
+    let mut sub = subscribe(&ps, "slow").await;
+    let first = recv(&mut sub).await;
+    assert_eq!(text(&first), "m0");
+    first.ack.ack();
+    // Let the consumer run into the full buffer (and pause fetching) before draining.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 1..40 {
+        let m = recv(&mut sub).await;
+        assert_eq!(text(&m), format!("m{i}"));
+        m.ack.ack();
+    }
+    wait_committed(&bootstrap, "g8", "slow", 0, 40).await;
+    ps.close().await;
+}

@@ -33,16 +33,17 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::config::{KafkaConfig, MAX_UNCOMMITTED};
 use super::ledger::Ledger;
 use crate::pubsub::{AckHandle, Message, Settle, Settlement, SubscriptionFeed};
 
-/// How long one `poll` (or one wait for room in the subscription) blocks the thread; it bounds
-/// how late a stop, a commit or a due redelivery is noticed.
+/// How long one idle `poll` blocks the thread; it bounds how late a stop, a commit or a due
+/// redelivery is noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The poll timeout while messages wait for room in the subscription.
+const BACKLOG_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Metadata Dapr's Kafka component adds to every received message (besides the headers).
 pub const KEY_METADATA: &str = "__key";
@@ -216,15 +217,12 @@ fn message(
     content: Content,
 ) -> Message {
     let position = format!("{}:{offset}", partition.id);
-    let msg = Message {
+    Message {
         topic: tracker.topic.clone(),
         data: content.data.clone(),
         metadata: content.metadata.clone(),
         position: position.clone(),
         partition_key: content.key.clone(),
-        ack: AckHandle::detached(),
-    };
-    Message {
         ack: AckHandle::new(
             Arc::new(Delivered {
                 tracker: tracker.clone(),
@@ -234,7 +232,6 @@ fn message(
             }),
             position,
         ),
-        ..msg
     }
 }
 
@@ -354,7 +351,6 @@ pub(super) fn start(
         tracker,
         feed,
         closing,
-        rt: Handle::current(),
         outbox: VecDeque::new(),
         outbox_limit: config.channel_buffer_size,
         paused: false,
@@ -370,7 +366,6 @@ struct Runner {
     tracker: Arc<Tracker>,
     feed: SubscriptionFeed,
     closing: Arc<AtomicBool>,
-    rt: Handle,
     /// Messages polled (or due for redelivery) that the subscription has no room for yet; at
     /// most `outbox_limit` before fetching is paused.
     outbox: VecDeque<(Arc<Partition>, Message)>,
@@ -397,10 +392,13 @@ impl Runner {
                 break;
             }
             self.pause_or_resume();
+            // While the subscription is full, come back soon to hand over what waits (polling
+            // with a short timeout rather than blocking on the channel keeps the group
+            // membership served and needs no async runtime on this thread).
             let timeout = if self.outbox.is_empty() {
                 POLL_INTERVAL
             } else {
-                Duration::ZERO
+                BACKLOG_POLL_INTERVAL
             };
             let polled = match self.consumer.poll(timeout) {
                 None => None,
@@ -428,10 +426,9 @@ impl Runner {
         tracing::debug!(topic = %self.tracker.topic, "kafka subscription stopped");
     }
 
-    /// Hands waiting messages to the subscription, waiting at most one poll interval for room.
-    /// Returns false once the subscriber is gone.
+    /// Hands waiting messages to the subscription as far as it has room. Returns false once the
+    /// subscriber is gone.
     fn flush(&mut self) -> bool {
-        let mut waited = false;
         while let Some((partition, _)) = self.outbox.front() {
             if partition.is_revoked() {
                 // Its partition moved to another consumer, which will deliver it from the
@@ -439,25 +436,14 @@ impl Runner {
                 self.outbox.pop_front();
                 continue;
             }
-            let permit = match self.feed.tx.try_reserve() {
-                Ok(permit) => permit,
-                Err(TrySendError::Closed(())) => return false,
-                Err(TrySendError::Full(())) if waited => return true,
-                Err(TrySendError::Full(())) => {
-                    waited = true;
-                    let tx = &self.feed.tx;
-                    match self
-                        .rt
-                        .block_on(tokio::time::timeout(POLL_INTERVAL, tx.reserve()))
-                    {
-                        Ok(Ok(permit)) => permit,
-                        Ok(Err(_closed)) => return false,
-                        Err(_elapsed) => return true,
+            match self.feed.tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some((_, msg)) = self.outbox.pop_front() {
+                        permit.send(msg);
                     }
                 }
-            };
-            if let Some((_, msg)) = self.outbox.pop_front() {
-                permit.send(msg);
+                Err(TrySendError::Full(())) => return true,
+                Err(TrySendError::Closed(())) => return false,
             }
         }
         true
