@@ -123,18 +123,30 @@ impl Tracker {
             .sum()
     }
 
-    /// Positions that moved since they were last committed, marked as committed.
-    fn take_commits(&self, which: &[Arc<Partition>]) -> TopicPartitionList {
+    /// Positions that moved since they were last committed, marked as committed; with `revoke`,
+    /// the partitions are also marked revoked under the same lock, so no settlement can slip in
+    /// between the last commit and the hand-over.
+    fn take_commits(&self, which: &[Arc<Partition>], revoke: bool) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for p in which {
             let mut state = p.state.lock();
-            if let Some(position) = state.ledger.pending_commit() {
+            // On hand-over the settled position is committed even if an earlier (asynchronous)
+            // commit of it was sent: that one may have failed.
+            let position = if revoke {
+                state.ledger.settled_position()
+            } else {
+                state.ledger.pending_commit()
+            };
+            if let Some(position) = position {
                 if tpl
                     .add_partition_offset(&self.topic, p.id, Offset::Offset(position))
                     .is_ok()
                 {
                     state.ledger.mark_committed(position);
                 }
+            }
+            if revoke {
+                state.revoked = true;
             }
         }
         tpl
@@ -153,10 +165,7 @@ impl Tracker {
                 Some(ids) => ids.iter().filter_map(|id| map.remove(id)).collect(),
             }
         };
-        let tpl = self.take_commits(&removed);
-        for p in &removed {
-            p.state.lock().revoked = true;
-        }
+        let tpl = self.take_commits(&removed, true);
         self.redeliveries
             .lock()
             .retain(|r| !r.partition.is_revoked());
@@ -380,7 +389,9 @@ impl Runner {
                 break;
             }
             if self.tracker.dirty.swap(false, Ordering::AcqRel) {
-                let tpl = self.tracker.take_commits(&self.tracker.all_partitions());
+                let tpl = self
+                    .tracker
+                    .take_commits(&self.tracker.all_partitions(), false);
                 commit(&self.consumer, &tpl, CommitMode::Async);
             }
             let due = self.tracker.due_redeliveries(Instant::now());

@@ -58,6 +58,11 @@ impl Ledger {
         (self.committed < Some(position)).then_some(position)
     }
 
+    /// The position everything settled so far allows, whether or not it was committed already.
+    pub fn settled_position(&self) -> Option<i64> {
+        self.last_settled.map(|s| s + 1)
+    }
+
     pub fn mark_committed(&mut self, position: i64) {
         self.committed = Some(position);
     }
@@ -78,6 +83,7 @@ mod tests {
         assert_eq!(l.pending_commit(), Some(1));
         l.mark_committed(1);
         assert_eq!(l.pending_commit(), None);
+        assert_eq!(l.settled_position(), Some(1));
         assert!(l.ack(1));
         assert_eq!(l.pending_commit(), Some(3));
         assert_eq!(l.uncommitted(), 1);
