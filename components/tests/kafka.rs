@@ -425,3 +425,35 @@ async fn a_slow_subscriber_gets_everything_in_order_through_a_small_buffer() {
     wait_committed(&bootstrap, "g8", "slow", 0, 40).await;
     ps.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_commits_what_is_settled_and_hands_over_the_rest() {
+    let cluster = cluster("handover", 1);
+    let bootstrap = cluster.bootstrap_servers();
+    let a = connect(&bootstrap, "g9", &[("initialOffset", "oldest")]).await;
+    let b = connect(&bootstrap, "g9", &[("initialOffset", "oldest")]).await;
+    publish(&a, "handover", "m0", &[]).await;
+    publish(&a, "handover", "m1", &[]).await;
+    let mut sub_a = subscribe(&a, "handover").await;
+    let m0 = recv(&mut sub_a).await;
+    let held = recv(&mut sub_a).await;
+    assert_eq!((text(&m0).as_str(), text(&held).as_str()), ("m0", "m1"));
+    m0.ack.ack();
+    wait_committed(&bootstrap, "g9", "handover", 0, 1).await;
+
+    // `b` joining revokes the partition from `a` (eager protocol). Whoever owns it next starts
+    // from the committed offset: m1 comes again, m0 never does.
+    let mut sub_b = subscribe(&b, "handover").await;
+    let again = tokio::select! {
+        Some(m) = sub_a.messages.recv() => m,
+        Some(m) = sub_b.messages.recv() => m,
+        _ = tokio::time::sleep(DEADLINE) => panic!("m1 was not handed over"),
+    };
+    assert_eq!(text(&again), "m1");
+    // The old delivery is settled too; its partition was revoked, so only the fresh one counts.
+    held.ack.ack();
+    again.ack.ack();
+    wait_committed(&bootstrap, "g9", "handover", 0, 2).await;
+    a.close().await;
+    b.close().await;
+}
