@@ -102,3 +102,84 @@ async fn an_unsupported_auth_type_stops_start_up_naming_the_field() {
         assert!(text.contains(needle), "output lacks {needle:?}:\n{text}");
     }
 }
+
+/// Publish through the API, deliver to the app through the delivery engine: a message the app
+/// keeps failing outlasts the engine's retries, is nacked, and Kafka redelivers it (the offset
+/// is not committed past it) until the app takes it.
+#[tokio::test]
+async fn publish_and_deliver_through_kafka_with_redelivery_after_retries_run_out() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tandem_testkit::{Reply, TestApp};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("orders", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let res = ResourcesDir::new();
+    res.write(
+        "kafka.yaml",
+        &kafka_component(
+            "pubsub",
+            &[
+                ("brokers", &brokers),
+                ("authType", "none"),
+                ("initialOffset", "oldest"),
+            ],
+        ),
+    );
+    let failures_left = Arc::new(AtomicUsize::new(6));
+    let left = failures_left.clone();
+    let app = TestApp::start(move |req| {
+        if req.path() == "/dapr/subscribe" {
+            return Reply::json(
+                200,
+                serde_json::json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]),
+            );
+        }
+        if req.path() == "/orders" && req.json()["data"]["n"] == 1 {
+            let failing = left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Reply::status(500).body("not yet");
+            }
+        }
+        Reply::json(200, serde_json::json!({"status": "SUCCESS"}))
+    })
+    .await;
+    let mut sidecar = Sidecar::builder(BIN)
+        .app_id("kafka-app")
+        .app_port(app.port)
+        .resources(res.path())
+        .start()
+        .await;
+    sidecar.wait_ready().await;
+
+    for n in [1, 2] {
+        let status = http()
+            .post(sidecar.url("/v1.0/publish/pubsub/orders?metadata.partitionKey=k1"))
+            .json(&serde_json::json!({"n": n}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 204);
+    }
+    let is_order = |r: &tandem_testkit::RecordedRequest, n: i64| {
+        r.path() == "/orders" && r.json()["data"]["n"] == n
+    };
+    // Six failures outlast the engine's built-in policy (one attempt + 3 retries), so the
+    // seventh, successful attempt is only reached through a nack and Kafka-side redelivery.
+    let ones = app
+        .wait_for(7, Duration::from_secs(60), |r| is_order(r, 1))
+        .await;
+    assert_eq!(ones.len(), 7, "{}", sidecar.logs());
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0);
+    let event = ones[0].json();
+    assert_eq!(event["topic"], "orders");
+    assert_eq!(event["pubsubname"], "pubsub");
+    let twos = app
+        .wait_for(1, Duration::from_secs(60), |r| is_order(r, 2))
+        .await;
+    assert_eq!(twos.len(), 1, "{}", sidecar.logs());
+}
