@@ -35,6 +35,9 @@ use crate::registry::BuildError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `close` waits for records still in the producer's queue to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `close` waits in all for the consumers to commit and leave and the producer to
+/// flush; an unreachable broker must not hold the sidecar's shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
 pub enum KafkaInitError {
@@ -137,6 +140,7 @@ impl PubSub for KafkaPubSub {
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.subscriptions.lock());
         let producer = self.producer.client().clone();
         let joined = tokio::task::spawn_blocking(move || {
+            // Each consumer thread commits what is settled and leaves the group before it ends.
             for t in threads {
                 if t.join().is_err() {
                     tracing::error!("a kafka consumer thread panicked");
@@ -145,10 +149,13 @@ impl PubSub for KafkaPubSub {
             if let Err(error) = producer.flush(FLUSH_TIMEOUT) {
                 tracing::warn!(%error, "kafka producer flush on close failed");
             }
-        })
-        .await;
-        if joined.is_err() {
-            tracing::error!("kafka close task failed");
+        });
+        match tokio::time::timeout(CLOSE_TIMEOUT, joined).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("kafka close task failed"),
+            Err(_) => tracing::warn!(
+                "kafka consumers did not leave their group within {CLOSE_TIMEOUT:?}; closing anyway"
+            ),
         }
     }
 }
