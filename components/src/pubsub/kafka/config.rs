@@ -621,4 +621,36 @@ mod tests {
         ])
         .contains("`compression`"));
     }
+
+    #[test]
+    fn librdkafka_accepts_the_sasl_and_tls_settings() {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::producer::BaseProducer;
+        for (mechanism, disable_tls) in [
+            ("PLAIN", "false"),
+            ("SHA-256", "false"),
+            ("SCRAM-SHA-512", "true"),
+        ] {
+            let c = KafkaConfig::from_metadata(
+                &md(&[
+                    ("brokers", "127.0.0.1:9"),
+                    ("authType", "password"),
+                    ("saslUsername", "u"),
+                    ("saslPassword", "p"),
+                    ("saslMechanism", mechanism),
+                    ("disableTls", disable_tls),
+                    ("skipVerify", "true"),
+                    ("maxMessageBytes", "2048"),
+                    ("compression", "gzip"),
+                ]),
+                "app",
+                None,
+            )
+            .unwrap();
+            let producer: Result<BaseProducer, _> = c.producer_config().create();
+            assert!(producer.is_ok(), "{mechanism}: {:?}", producer.err());
+            let consumer: Result<BaseConsumer, _> = c.consumer_config().create();
+            assert!(consumer.is_ok(), "{mechanism}: {:?}", consumer.err());
+        }
+    }
 }
