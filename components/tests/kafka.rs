@@ -457,3 +457,21 @@ async fn a_rebalance_commits_what_is_settled_and_hands_over_the_rest() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn brokers_that_do_not_answer_fail_init_naming_them() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let brokers = format!("127.0.0.1:{port}");
+    let md: Metadata = [("brokers", brokers.as_str()), ("authType", "none")]
+        .into_iter()
+        .collect();
+    let config = KafkaConfig::from_metadata(&md, "app", None).unwrap();
+    let err = KafkaPubSub::connect(config)
+        .await
+        .err()
+        .expect("nobody listens there");
+    assert!(err.to_string().contains(&brokers), "{err}");
+}
