@@ -134,6 +134,9 @@ pub struct KafkaConfig {
     pub fetch_min_bytes: Option<u64>,
     pub fetch_default_bytes: Option<u64>,
     pub channel_buffer_size: usize,
+    /// Messages of one subscription delivered at once (`concurrency`, as for the other brokers;
+    /// same-key messages are still delivered one at a time, in order).
+    pub concurrency: usize,
     pub rebalance_strategy: &'static str,
 }
 
@@ -377,6 +380,11 @@ impl KafkaConfig {
             fetch_min_bytes: nonzero(md.get_u64("consumerFetchMin", 0)?),
             fetch_default_bytes: nonzero(md.get_u64("consumerFetchDefault", 0)?),
             channel_buffer_size,
+            concurrency: usize::try_from(
+                md.get_u64("concurrency", crate::pubsub::DEFAULT_CONCURRENCY as u64)?
+                    .clamp(1, 1_000),
+            )
+            .unwrap_or(crate::pubsub::DEFAULT_CONCURRENCY),
             rebalance_strategy,
         })
     }
@@ -545,6 +553,7 @@ mod tests {
         assert_eq!(c.required_acks, "-1");
         assert_eq!(c.tls, None);
         assert_eq!(c.channel_buffer_size, DEFAULT_CHANNEL_BUFFER_SIZE);
+        assert_eq!(c.concurrency, crate::pubsub::DEFAULT_CONCURRENCY);
         let consumer = c.consumer_config();
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));

@@ -123,7 +123,7 @@ impl PubSub for KafkaPubSub {
             return Err(PubSubError::Closed);
         }
         let (subscription, feed) =
-            Subscription::new(self.config.channel_buffer_size, super::DEFAULT_CONCURRENCY);
+            Subscription::new(self.config.channel_buffer_size, self.config.concurrency);
         let thread = consumer::start(&self.config, &req.topic, feed, self.closing.clone())
             .map_err(|e| PubSubError::Subscribe {
                 topic: req.topic.clone(),
