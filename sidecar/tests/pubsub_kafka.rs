@@ -183,3 +183,71 @@ async fn publish_and_deliver_through_kafka_with_redelivery_after_retries_run_out
         .await;
     assert_eq!(twos.len(), 1, "{}", sidecar.logs());
 }
+
+/// The record key is the message's partition key, so the delivery engine keeps each key's
+/// messages in publish order even with several partitions and parallel delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_key_messages_arrive_in_publish_order() {
+    use tandem_testkit::{Reply, TestApp};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("keyed", 3, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let res = ResourcesDir::new();
+    res.write(
+        "kafka.yaml",
+        &kafka_component(
+            "pubsub",
+            &[
+                ("brokers", &brokers),
+                ("authType", "none"),
+                ("initialOffset", "oldest"),
+                ("concurrency", "4"),
+            ],
+        ),
+    );
+    let app = TestApp::start(|req| {
+        if req.path() == "/dapr/subscribe" {
+            return Reply::json(
+                200,
+                serde_json::json!([{"pubsubname": "pubsub", "topic": "keyed", "route": "/keyed"}]),
+            );
+        }
+        Reply::ok()
+    })
+    .await;
+    let mut sidecar = Sidecar::builder(BIN)
+        .app_id("kafka-keyed")
+        .app_port(app.port)
+        .resources(res.path())
+        .start()
+        .await;
+    sidecar.wait_ready().await;
+    let client = http();
+    for i in 0..30 {
+        let key = format!("k{}", i % 3);
+        let status = client
+            .post(sidecar.url(&format!(
+                "/v1.0/publish/pubsub/keyed?metadata.partitionKey={key}"
+            )))
+            .json(&serde_json::json!({"key": key, "seq": i}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 204);
+    }
+    let got = app
+        .wait_for(30, Duration::from_secs(60), |r| r.path() == "/keyed")
+        .await;
+    assert_eq!(got.len(), 30, "{}", sidecar.logs());
+    let mut last = std::collections::HashMap::new();
+    for r in &got {
+        let e = r.json();
+        let key = e["data"]["key"].as_str().unwrap().to_string();
+        let seq = e["data"]["seq"].as_i64().unwrap();
+        if let Some(prev) = last.insert(key.clone(), seq) {
+            assert!(seq > prev, "key {key}: {seq} after {prev}");
+        }
+    }
+}
