@@ -42,6 +42,11 @@ use crate::pubsub::{AckHandle, Message, Settle, Settlement, SubscriptionFeed};
 /// How long one idle `poll` blocks the thread; it bounds how late a stop, a commit or a due
 /// redelivery is noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often settled positions are committed again even if they did not move: an asynchronous
+/// commit can fail (a broker rejects commits while the group rebalances) and librdkafka does not
+/// reliably report the outcome back, so a lost commit is repaired within this interval instead
+/// of only by the next settlement.
+const COMMIT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// The poll timeout while messages wait for room in the subscription.
 const BACKLOG_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -123,16 +128,20 @@ impl Tracker {
             .sum()
     }
 
-    /// Positions that moved since they were last committed, marked as committed; with `revoke`,
-    /// the partitions are also marked revoked under the same lock, so no settlement can slip in
-    /// between the last commit and the hand-over.
-    fn take_commits(&self, which: &[Arc<Partition>], revoke: bool) -> TopicPartitionList {
+    /// Commit positions, marked as committed: those that moved since they were last committed,
+    /// or with `settled` every settled position (again, in case an earlier asynchronous commit
+    /// failed). With `revoke` the partitions are also marked revoked under the same lock, so no
+    /// settlement can slip in between the last commit and the hand-over.
+    fn take_commits(
+        &self,
+        which: &[Arc<Partition>],
+        settled: bool,
+        revoke: bool,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for p in which {
             let mut state = p.state.lock();
-            // On hand-over the settled position is committed even if an earlier (asynchronous)
-            // commit of it was sent: that one may have failed.
-            let position = if revoke {
+            let position = if settled {
                 state.ledger.settled_position()
             } else {
                 state.ledger.pending_commit()
@@ -165,7 +174,7 @@ impl Tracker {
                 Some(ids) => ids.iter().filter_map(|id| map.remove(id)).collect(),
             }
         };
-        let tpl = self.take_commits(&removed, true);
+        let tpl = self.take_commits(&removed, true, true);
         self.redeliveries
             .lock()
             .retain(|r| !r.partition.is_revoked());
@@ -363,6 +372,7 @@ pub(super) fn start(
         outbox: VecDeque::new(),
         outbox_limit: config.channel_buffer_size,
         paused: false,
+        last_refresh: Instant::now(),
     };
     std::thread::Builder::new()
         .name(format!("kafka-sub-{topic}"))
@@ -380,6 +390,8 @@ struct Runner {
     outbox: VecDeque<(Arc<Partition>, Message)>,
     outbox_limit: usize,
     paused: bool,
+    /// When settled positions were last committed regardless of change.
+    last_refresh: Instant,
 }
 
 impl Runner {
@@ -388,11 +400,15 @@ impl Runner {
             if self.feed.is_stopped() || self.closing.load(Ordering::Acquire) {
                 break;
             }
-            if self.tracker.dirty.swap(false, Ordering::AcqRel) {
+            let refresh = self.last_refresh.elapsed() >= COMMIT_REFRESH_INTERVAL;
+            if self.tracker.dirty.swap(false, Ordering::AcqRel) || refresh {
                 let tpl = self
                     .tracker
-                    .take_commits(&self.tracker.all_partitions(), false);
+                    .take_commits(&self.tracker.all_partitions(), refresh, false);
                 commit(&self.consumer, &tpl, CommitMode::Async);
+                if refresh {
+                    self.last_refresh = Instant::now();
+                }
             }
             let due = self.tracker.due_redeliveries(Instant::now());
             for r in due.into_iter().rev() {
