@@ -11,6 +11,11 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v pg_ctlcluster >/dev/null || command -v psql >/dev/null || missing+=(postgresql)
+# pubsub.kafka builds the bundled librdkafka (configure + make) with TLS/SCRAM against the
+# system OpenSSL, found through pkg-config.
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v make >/dev/null || missing+=(make)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -96,6 +96,20 @@ const TYPES: &[Entry] = &[
         },
     },
     Entry {
+        component_type: "pubsub.kafka",
+        versions: &["v1"],
+        factory: |md, ctx| {
+            Box::pin(async move {
+                use crate::pubsub::kafka::{KafkaConfig, KafkaInitError, KafkaPubSub};
+                let config = KafkaConfig::from_metadata(&md, &ctx.app_id, ctx.namespace.as_deref())
+                    .map_err(KafkaInitError::from)?;
+                Ok(Component::PubSub(Arc::new(
+                    KafkaPubSub::connect(config).await?,
+                )))
+            })
+        },
+    },
+    Entry {
         component_type: "state.in-memory",
         versions: &["v1"],
         factory: |md, ctx| {

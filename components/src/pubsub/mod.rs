@@ -7,6 +7,7 @@
 //! offset only when that message and every one before it in the partition are settled, which is
 //! why a message also names its `position` and `partition_key`.
 
+pub mod kafka;
 pub mod memory;
 pub mod redis;
 
