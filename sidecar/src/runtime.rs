@@ -46,6 +46,8 @@ pub enum StartupError {
     HttpEndpoint(String),
     #[error("cannot register in the local registry: {0}")]
     Registry(#[from] crate::naming::local_registry::RegistryError),
+    #[error("the local registry task failed: {0}")]
+    RegistryTask(tokio::task::JoinError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -315,26 +317,13 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     let mut servers = tokio::task::JoinSet::new();
     let api = crate::api::router(rt.clone());
     for listener in bind_all(&settings.listen_addresses, settings.http_port).await? {
-        let router = api.clone();
-        let stop = rt.shutdown.clone();
-        servers.spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            let _ = axum::serve(listener, service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        spawn_server(&mut servers, listener, api.clone(), &rt.shutdown);
     }
     let internal_port = serve_internal(&rt, &mut servers).await?;
     if let Some(port) = settings.public_port {
         let public = crate::api::public_router(rt.clone());
         for listener in bind_all(&settings.listen_addresses, port).await? {
-            let router = public.clone();
-            let stop = rt.shutdown.clone();
-            servers.spawn(async move {
-                let _ = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            });
+            spawn_server(&mut servers, listener, public.clone(), &rt.shutdown);
         }
     }
     if let Some((addr, port)) = &settings.metrics {
@@ -343,13 +332,12 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
         match bind_all(std::slice::from_ref(addr), *port).await {
             Ok(listeners) => {
                 for listener in listeners {
-                    let router = rt.metrics.clone().router();
-                    let stop = rt.shutdown.clone();
-                    servers.spawn(async move {
-                        let _ = axum::serve(listener, router)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await;
-                    });
+                    spawn_server(
+                        &mut servers,
+                        listener,
+                        rt.metrics.clone().router(),
+                        &rt.shutdown,
+                    );
                 }
                 tracing::info!("metrics served on {addr}:{port}/metrics");
             }
@@ -395,6 +383,23 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// Serves `router` on `listener` until shutdown, then lets in-flight requests finish. Handlers
+/// see the peer address (`ConnectInfo`), which invocation stamps as X-Forwarded-For.
+fn spawn_server(
+    servers: &mut tokio::task::JoinSet<()>,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) {
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+}
+
 /// Serves the internal (sidecar-to-sidecar) port on every listen address; returns its number.
 async fn serve_internal(
     rt: &Arc<Runtime>,
@@ -418,13 +423,7 @@ async fn serve_internal(
     listeners.extend(bind_all(&rest, port).await?);
     let router = crate::invoke::internal::router(rt.clone());
     for listener in listeners {
-        let router = router.clone();
-        let stop = rt.shutdown.clone();
-        servers.spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        spawn_server(servers, listener, router.clone(), &rt.shutdown);
     }
     tracing::info!("internal invocation port {port} (HTTP)");
     Ok(port)
@@ -474,7 +473,7 @@ async fn register_locally(
     let (reg, e) = (registry.clone(), entry.clone());
     let path = tokio::task::spawn_blocking(move || reg.register(&e))
         .await
-        .map_err(|e| StartupError::HttpEndpoint(format!("registry task failed: {e}")))??;
+        .map_err(StartupError::RegistryTask)??;
     tracing::info!("registered in the local registry: {}", path.display());
     Ok(Some((registry, entry)))
 }
