@@ -278,14 +278,7 @@ async fn stop_in_a_multi_app_run_stops_one_app_or_the_whole_template() {
         })
         .await;
         assert!(ready, "{app_id} started");
-        let meta: Value = http()
-            .get(&meta_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = tandem_testkit::get_json(&meta_url).await;
         let app_pid: u32 = meta["extended"]["appPID"]
             .as_str()
             .unwrap()

@@ -225,14 +225,8 @@ async fn multi_app_run_starts_every_app_prefixes_output_and_stops_all_on_ctrl_c(
     );
 
     // The sidecar of alpha is on the port the template gave, and knows the CLI and the app.
-    let meta: serde_json::Value = http()
-        .get(format!("http://127.0.0.1:{}/v1.0/metadata", t.alpha_http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: serde_json::Value =
+        tandem_testkit::get_json(&format!("http://127.0.0.1:{}/v1.0/metadata", t.alpha_http)).await;
     assert_eq!(meta["id"], "alpha");
     assert_eq!(meta["extended"]["cliPID"], run.pid().to_string());
     assert_eq!(meta["extended"]["appCommand"], "python3 app.py");

@@ -19,14 +19,7 @@ fn component(name: &str, component_type: &str, extra: &str) -> String {
 }
 
 async fn metadata(sidecar: &Sidecar) -> Value {
-    http()
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    tandem_testkit::get_json(&sidecar.url("/v1.0/metadata")).await
 }
 
 /// Runs the binary to completion (it must exit on its own) and returns (code, stdout+stderr).
@@ -246,24 +239,11 @@ async fn secret_key_ref_and_env_ref_resolve() {
         .env("TANDEM_TEST_SECRETS_PATH", &secrets.display().to_string())
         .start()
         .await;
-    let client = http();
-    let v: Value = client
-        .get(sidecar.url("/v1.0/secrets/filesecrets/db.password"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        tandem_testkit::get_json(&sidecar.url("/v1.0/secrets/filesecrets/db.password")).await;
     assert_eq!(v, serde_json::json!({"db.password": "s3cret"}));
-    let v: Value = client
-        .get(sidecar.url("/v1.0/secrets/envrefsecrets/db:password"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        tandem_testkit::get_json(&sidecar.url("/v1.0/secrets/envrefsecrets/db:password")).await;
     assert_eq!(v, serde_json::json!({"db:password": "s3cret"}));
 }
 
@@ -652,14 +632,8 @@ async fn dapr_and_daprd_names_work() {
     })
     .await;
     assert!(up, "daprd personality serves the API");
-    let md: Value = client
-        .get(format!("http://127.0.0.1:{port}/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: Value =
+        tandem_testkit::get_json(&format!("http://127.0.0.1:{port}/v1.0/metadata")).await;
     assert_eq!(md["id"], "legacy");
     child.kill().await.unwrap();
 

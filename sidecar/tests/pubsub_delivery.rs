@@ -315,14 +315,7 @@ async fn envelope_headers_passthrough_raw_and_routing() {
     );
 
     // Both kinds of subscriptions are listed.
-    let md: Value = c
-        .get(sc.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: Value = tandem_testkit::get_json(&sc.url("/v1.0/metadata")).await;
     let subs = md["subscriptions"].as_array().unwrap();
     assert_eq!(subs.len(), 5);
     assert!(subs.iter().all(|s| s["type"] == "PROGRAMMATIC"));
@@ -445,14 +438,7 @@ scopes: [someone-else]
     app.wait_for(1, WAIT, |r| is_post(r, "/x")).await;
     app.wait_for(1, WAIT, |r| is_post(r, "/declared")).await;
     assert!(app.requests_to("/wrong").is_empty());
-    let md: Value = c
-        .get(sc.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: Value = tandem_testkit::get_json(&sc.url("/v1.0/metadata")).await;
     let subs = md["subscriptions"].as_array().unwrap();
     assert_eq!(subs.len(), 2);
     assert!(subs.iter().all(|s| s["type"] == "DECLARATIVE"));

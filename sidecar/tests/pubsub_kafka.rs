@@ -43,14 +43,7 @@ async fn a_kafka_component_initialises_and_is_listed() {
         .resources(res.path())
         .start()
         .await;
-    let md: Value = http()
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: Value = tandem_testkit::get_json(&sidecar.url("/v1.0/metadata")).await;
     let listed = md["components"]
         .as_array()
         .unwrap()

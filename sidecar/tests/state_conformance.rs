@@ -704,15 +704,7 @@ async fn concurrent_read_modify_write_loses_no_update(kind: Kind) {
 
 async fn metadata_reports_capabilities(kind: Kind) {
     let env = Env::start(kind).await;
-    let md: Value = env
-        .client
-        .get(env.sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: Value = tandem_testkit::get_json(&env.sidecar.url("/v1.0/metadata")).await;
     let store = md["components"]
         .as_array()
         .unwrap()

@@ -49,3 +49,15 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// GETs `url` and parses the body as JSON (panics on failure: tests only).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
+}
