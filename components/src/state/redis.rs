@@ -142,6 +142,13 @@ fn split_host(text: &str) -> Result<(String, u16), BuildError> {
     }
 }
 
+/// TCP settings for every Redis connection: no Nagle delay, as Go's dialer (and so Dapr's
+/// go-redis) does. A pooled connection carries many requests at once, and with Nagle on, a
+/// command written while an earlier one is unanswered waits for that answer.
+pub(crate) fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A TLS client (rustls with the ring provider) that verifies the server against the system's
 /// roots, or against `caCert` (PEM) when given; `clientCert` + `clientKey` (PEM) enable mTLS.
 pub(crate) fn tls_client(
@@ -217,7 +224,8 @@ impl RedisStore {
             (host.as_str(), port).into_connection_info()
         }
         .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
-        .set_redis_settings(redis_info);
+        .set_redis_settings(redis_info)
+        .set_tcp_settings(tcp_settings());
         let ms = Duration::from_millis(1);
         let secs = Duration::from_secs(1);
         let dial = md.get_duration("dialTimeout", secs, DEFAULT_DIAL_TIMEOUT)?;

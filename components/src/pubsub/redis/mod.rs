@@ -109,7 +109,8 @@ impl RedisConfig {
         let info = addr
             .into_connection_info()
             .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
-            .set_redis_settings(settings);
+            .set_redis_settings(settings)
+            .set_tcp_settings(crate::state::redis::tcp_settings());
         if self.tls {
             crate::state::redis::tls_client(md, info)
         } else {
