@@ -23,7 +23,10 @@ use super::{
 use crate::metadata::{Metadata, MetadataError};
 
 /// Default bound of messages waiting in one consumer group (`maxBufferedMessages`).
-pub const DEFAULT_MAX_BUFFERED: usize = 100_000;
+pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
+/// How long a publish waits for room in a full consumer group before it is refused: publishers
+/// slow down to the subscribers' pace instead of failing at the first burst.
+pub const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Default wait before a nacked message is offered again (`redeliverInterval`), so a message
 /// that keeps failing does not hammer the app.
 pub const DEFAULT_REDELIVER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -70,6 +73,8 @@ struct Group {
     queue: Mutex<VecDeque<Stored>>,
     in_flight: Mutex<HashMap<u64, Stored>>,
     ready: Notify,
+    /// Signalled when a message leaves the queue, for publishers waiting for room.
+    room: Notify,
     redeliver_interval: std::time::Duration,
 }
 
@@ -141,10 +146,38 @@ impl MemoryPubSub {
                     queue: Mutex::new(backlog),
                     in_flight: Mutex::new(HashMap::new()),
                     ready: Notify::new(),
+                    room: Notify::new(),
                     redeliver_interval: self.config.redeliver_interval,
                 })
             })
             .clone()
+    }
+}
+
+impl MemoryPubSub {
+    /// Queues `stored` in `group`, waiting until `deadline` for room; false when none came.
+    async fn enqueue(
+        &self,
+        group: &Group,
+        stored: &Stored,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            // Registered before the check, so room made in between is not missed.
+            let room = group.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut queue = group.queue.lock();
+                if queue.len() < self.config.max_buffered {
+                    queue.push_back(stored.clone());
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -181,20 +214,18 @@ impl PubSub for MemoryPubSub {
                 }
             }
         };
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
         for group in &groups {
-            let mut queue = group.queue.lock();
-            if queue.len() >= self.config.max_buffered {
+            if !self.enqueue(group, &stored, deadline).await {
                 return Err(PubSubError::Publish {
                     topic: req.topic,
                     message: format!(
-                        "{} messages are waiting for delivery (maxBufferedMessages)",
+                        "{} messages have waited for delivery for over {PUBLISH_WAIT:?} \
+                         (maxBufferedMessages)",
                         self.config.max_buffered
                     ),
                 });
             }
-            queue.push_back(stored.clone());
-        }
-        for group in &groups {
             group.ready.notify_one();
         }
         Ok(())
@@ -207,6 +238,9 @@ impl PubSub for MemoryPubSub {
         tokio::spawn(async move {
             loop {
                 let next = group.queue.lock().pop_front();
+                if next.is_some() {
+                    group.room.notify_one();
+                }
                 let Some(stored) = next else {
                     tokio::select! {
                         _ = group.ready.notified() => continue,
@@ -293,8 +327,8 @@ mod tests {
         assert_eq!(sub.messages.recv().await.unwrap().data, "first");
     }
 
-    #[tokio::test]
-    async fn bounded_buffer_refuses_publish() {
+    #[tokio::test(start_paused = true)]
+    async fn full_buffer_refuses_publish_after_waiting() {
         let ps = broker();
         let sub = ps
             .subscribe(SubscribeRequest {
@@ -304,10 +338,43 @@ mod tests {
             .await
             .unwrap();
         sub.stop();
-        let mut failed = false;
-        for _ in 0..20 {
-            failed |= ps.publish(publish("t", "x")).await.is_err();
+        let mut accepted = 0;
+        let started = tokio::time::Instant::now();
+        while ps.publish(publish("t", "x")).await.is_ok() {
+            accepted += 1;
+            assert!(accepted <= 10, "the buffer holds 10");
         }
-        assert!(failed);
+        assert_eq!(accepted, 10);
+        assert!(
+            started.elapsed() >= PUBLISH_WAIT,
+            "refused only after waiting"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publish_waits_for_room_while_the_subscriber_drains() {
+        let ps = Arc::new(broker());
+        let mut sub = ps
+            .subscribe(SubscribeRequest {
+                topic: "t".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let publisher = {
+            let ps = ps.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    ps.publish(publish("t", "x")).await?;
+                }
+                Ok::<_, PubSubError>(())
+            })
+        };
+        for _ in 0..50 {
+            let m = sub.messages.recv().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            m.ack.ack();
+        }
+        publisher.await.unwrap().unwrap();
     }
 }
