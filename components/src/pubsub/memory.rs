@@ -4,8 +4,8 @@
 //! `consumerID`, default the app id); subscribers in one group share its messages. Unlike Dapr's
 //! in-memory broker a nacked message is redelivered in-process instead of being lost, and
 //! messages published before the topic's first subscription are kept (up to
-//! `maxBufferedMessages`) and delivered to the first group that subscribes, as Redis Streams
-//! does; Dapr's in-memory broker drops them.
+//! `maxBufferedMessages`, the latest ones) and delivered to the first group that subscribes, as
+//! Redis Streams does; Dapr's in-memory broker drops them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,19 +195,15 @@ impl PubSub for MemoryPubSub {
             let topics = self.topics.lock();
             match topics.get(&req.topic) {
                 Some(g) if !g.is_empty() => g.values().cloned().collect(),
-                // Nobody subscribed yet: keep it for the first subscriber (checked under the
-                // topics lock, so a subscriber arriving now sees it).
+                // Nobody subscribed yet: keep the latest messages for the first subscriber
+                // (checked under the topics lock, so a subscriber arriving now sees it). As a
+                // stream with a maximum length does, the oldest make room: nobody may ever
+                // subscribe, and publishing must not start failing because of that.
                 _ => {
                     let mut backlog = self.backlog.lock();
                     let queue = backlog.entry(req.topic.clone()).or_default();
                     if queue.len() >= self.config.max_buffered {
-                        return Err(PubSubError::Publish {
-                            topic: req.topic,
-                            message: format!(
-                                "{} messages wait for a first subscriber (maxBufferedMessages)",
-                                self.config.max_buffered
-                            ),
-                        });
+                        queue.pop_front();
                     }
                     queue.push_back(stored);
                     return Ok(());
@@ -325,6 +321,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sub.messages.recv().await.unwrap().data, "first");
+    }
+
+    #[tokio::test]
+    async fn keeps_the_latest_messages_while_nobody_subscribes() {
+        let ps = broker();
+        for i in 0..25 {
+            let req = PublishRequest {
+                topic: "early".into(),
+                data: Bytes::from(i.to_string()),
+                ..Default::default()
+            };
+            ps.publish(req).await.unwrap();
+        }
+        let mut sub = ps
+            .subscribe(SubscribeRequest {
+                topic: "early".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for i in 15..25 {
+            let m = sub.messages.recv().await.unwrap();
+            assert_eq!(m.data, i.to_string());
+            m.ack.ack();
+        }
     }
 
     #[tokio::test(start_paused = true)]
