@@ -288,16 +288,19 @@ mod tests {
         }
     }
 
+    async fn subscribe(ps: &MemoryPubSub, topic: &str) -> Subscription {
+        ps.subscribe(SubscribeRequest {
+            topic: topic.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn delivers_and_redelivers_nacked() {
         let ps = broker();
-        let mut sub = ps
-            .subscribe(SubscribeRequest {
-                topic: "t".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let mut sub = subscribe(&ps, "t").await;
         ps.publish(publish("t", "a")).await.unwrap();
         let m = sub.messages.recv().await.unwrap();
         assert_eq!(m.data, "a");
@@ -313,13 +316,7 @@ mod tests {
     async fn keeps_messages_published_before_the_first_subscription() {
         let ps = broker();
         ps.publish(publish("early", "first")).await.unwrap();
-        let mut sub = ps
-            .subscribe(SubscribeRequest {
-                topic: "early".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let mut sub = subscribe(&ps, "early").await;
         assert_eq!(sub.messages.recv().await.unwrap().data, "first");
     }
 
@@ -334,13 +331,7 @@ mod tests {
             };
             ps.publish(req).await.unwrap();
         }
-        let mut sub = ps
-            .subscribe(SubscribeRequest {
-                topic: "early".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let mut sub = subscribe(&ps, "early").await;
         for i in 15..25 {
             let m = sub.messages.recv().await.unwrap();
             assert_eq!(m.data, i.to_string());
@@ -351,13 +342,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_buffer_refuses_publish_after_waiting() {
         let ps = broker();
-        let sub = ps
-            .subscribe(SubscribeRequest {
-                topic: "t".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let sub = subscribe(&ps, "t").await;
         sub.stop();
         let mut accepted = 0;
         let started = tokio::time::Instant::now();
@@ -375,13 +360,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publish_waits_for_room_while_the_subscriber_drains() {
         let ps = Arc::new(broker());
-        let mut sub = ps
-            .subscribe(SubscribeRequest {
-                topic: "t".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let mut sub = subscribe(&ps, "t").await;
         let publisher = {
             let ps = ps.clone();
             tokio::spawn(async move {
