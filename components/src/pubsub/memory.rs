@@ -152,9 +152,7 @@ impl MemoryPubSub {
             })
             .clone()
     }
-}
 
-impl MemoryPubSub {
     /// Queues `stored` in `group`, waiting until `deadline` for room; false when none came.
     async fn enqueue(
         &self,
@@ -216,8 +214,8 @@ impl PubSub for MemoryPubSub {
                 return Err(PubSubError::Publish {
                     topic: req.topic,
                     message: format!(
-                        "{} messages have waited for delivery for over {PUBLISH_WAIT:?} \
-                         (maxBufferedMessages)",
+                        "{} messages wait for delivery and none left the queue within \
+                         {PUBLISH_WAIT:?} (maxBufferedMessages)",
                         self.config.max_buffered
                     ),
                 });
