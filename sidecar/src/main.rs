@@ -1,4 +1,6 @@
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod math_symbols;
 
 fn main() -> std::process::ExitCode {
     tandem::cli::main()
