@@ -138,7 +138,13 @@ fn parse() -> Invocation {
 
 pub fn main() -> ExitCode {
     let invocation = parse();
+    // A supervisor or a one-shot command needs no more than one worker thread.
+    let workers = match &invocation {
+        Invocation::Sidecar(args) => usize::from(args.worker_threads),
+        _ => 1,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -164,5 +170,24 @@ pub fn main() -> ExitCode {
         Invocation::Stop(args) => runtime.block_on(stop::run(args)),
         Invocation::Invoke(args) => runtime.block_on(invoke::run(args)),
         Invocation::Publish(args) => runtime.block_on(publish::run(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_worker_thread_unless_asked() {
+        let args = DaprdCli::try_parse_from(["daprd", "--app-id", "a"])
+            .unwrap()
+            .args;
+        assert_eq!(args.worker_threads, 1);
+        let args = DaprdCli::try_parse_from(["daprd", "--worker-threads", "4"])
+            .unwrap()
+            .args;
+        assert_eq!(args.worker_threads, 4);
+        let err = DaprdCli::try_parse_from(["daprd", "--worker-threads", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 }
