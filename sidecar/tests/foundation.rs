@@ -681,3 +681,29 @@ async fn prometheus_metrics_count_api_requests() {
         "{text}"
     );
 }
+
+/// The binary loads only libc (and libgcc_s for unwinding): every other shared library (libm,
+/// libz, libssl) would add resident pages to every idle sidecar.
+#[test]
+fn binary_loads_only_libc() {
+    let out = std::process::Command::new("readelf")
+        .args(["-d", BIN])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(out.status.success(), "readelf -d {BIN} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.strip_suffix(']'))
+        .collect();
+    assert!(!needed.is_empty(), "no NEEDED entries in:\n{text}");
+    for lib in &needed {
+        assert!(
+            ["libc.so", "libgcc_s.so", "ld-linux"]
+                .iter()
+                .any(|allowed| lib.starts_with(allowed)),
+            "the binary needs {lib}; all it needs: {needed:?}"
+        );
+    }
+}

@@ -112,8 +112,8 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
     pub mode: String,
 
-    /// Threads that run the sidecar's work. One serves a typical app at the lowest CPU cost and
-    /// latency (no hand-offs between threads); raise it for a sidecar that needs more than a core.
+    /// Threads that run the sidecar's work. One keeps each request on one thread, which costs
+    /// the least CPU at ordinary load; raise it for a sidecar that needs more than a core.
     #[arg(long, env = "TANDEM_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
 
