@@ -11,10 +11,9 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v pg_ctlcluster >/dev/null || command -v psql >/dev/null || missing+=(postgresql)
-# pubsub.kafka builds the bundled librdkafka (configure + make) and, for its TLS/SCRAM, OpenSSL
-# from source (perl runs OpenSSL's Configure); zlib is found through pkg-config.
+# pubsub.kafka builds the bundled librdkafka (configure + make) and, from source, zlib and (for
+# its TLS/SCRAM) OpenSSL (perl runs OpenSSL's Configure).
 dpkg -s perl >/dev/null 2>&1 || missing+=(perl)
-dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v make >/dev/null || missing+=(make)
 if [ ${#missing[@]} -gt 0 ]; then
