@@ -2,12 +2,12 @@
 //! dashboards keep working. Labels use the matched route template, never the raw path, so
 //! cardinality stays bounded.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -18,18 +18,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+// Label values are shared or static where they can be, so recording a request allocates only
+// the route template's copy.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    app_id: String,
-    method: String,
+    app_id: Arc<str>,
+    method: Cow<'static, str>,
     path: String,
-    status: String,
+    status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    app_id: String,
-    method: String,
+    app_id: Arc<str>,
+    method: Cow<'static, str>,
     path: String,
 }
 
@@ -40,7 +42,7 @@ const LATENCY_BUCKETS_MS: [f64; 16] = [
 ];
 
 pub struct Metrics {
-    app_id: String,
+    app_id: Arc<str>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
@@ -64,27 +66,29 @@ impl Metrics {
             latency.clone(),
         );
         Self {
-            app_id: app_id.to_string(),
+            app_id: Arc::from(app_id),
             registry,
             requests,
             latency,
         }
     }
 
-    fn record(&self, method: &str, path: &str, status: StatusCode, started: Instant) {
+    /// Counts one API request and its latency.
+    pub fn record(&self, method: &Method, path: &str, status: StatusCode, started: Instant) {
         let millis = started.elapsed().as_secs_f64() * 1000.0;
+        let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
                 app_id: self.app_id.clone(),
-                method: method.to_string(),
+                method: method.clone(),
                 path: path.to_string(),
-                status: status.as_u16().to_string(),
+                status: status.as_u16(),
             })
             .inc();
         self.latency
             .get_or_create(&LatencyLabels {
                 app_id: self.app_id.clone(),
-                method: method.to_string(),
+                method,
                 path: path.to_string(),
             })
             .observe(millis);
@@ -115,22 +119,15 @@ async fn serve(State(metrics): State<Arc<Metrics>>) -> Response {
         .into_response()
 }
 
-/// Middleware recording every API request.
-pub async fn record_request(
-    State(metrics): State<Arc<Metrics>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = req.method().as_str().to_string();
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let resp = next.run(req).await;
-    metrics.record(&method, &path, resp.status(), started);
-    resp
+/// The standard methods without an allocation; others as sent.
+fn method_label(method: &Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.into_iter().find(|name| *name == method.as_str()) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +137,12 @@ mod tests {
     #[test]
     fn renders_dapr_metric_names() {
         let m = Metrics::new("orders");
-        m.record("GET", "/v1.0/metadata", StatusCode::OK, Instant::now());
+        m.record(
+            &Method::GET,
+            "/v1.0/metadata",
+            StatusCode::OK,
+            Instant::now(),
+        );
         let text = m.render();
         assert!(text.contains("dapr_http_server_request_count_total{app_id=\"orders\",method=\"GET\",path=\"/v1.0/metadata\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("dapr_http_server_latency_bucket"), "{text}");

@@ -1,8 +1,7 @@
 //! `DAPR_API_TOKEN`: every API except the two healthz routes needs header `dapr-api-token`.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 pub const TOKEN_HEADER: &str = "dapr-api-token";
@@ -23,12 +22,10 @@ fn is_exempt(path: &str) -> bool {
     path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound"
 }
 
-pub async fn require_api_token(
-    State(token): State<Option<String>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if let Some(expected) = token {
+/// Checks the token when one is configured (healthz is exempt), and removes it from the request:
+/// it is for this sidecar only and is never forwarded.
+pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), Response> {
+    if let Some(expected) = expected {
         if !is_exempt(req.uri().path()) {
             let given = req
                 .headers()
@@ -36,13 +33,12 @@ pub async fn require_api_token(
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
             if !constant_time_eq(given, expected.as_bytes()) {
-                return (StatusCode::UNAUTHORIZED, "invalid api token").into_response();
+                return Err((StatusCode::UNAUTHORIZED, "invalid api token").into_response());
             }
         }
     }
-    // The token is for this sidecar only; never forward it.
     req.headers_mut().remove(TOKEN_HEADER);
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,8 @@
 //! Request body limits: bodies over `--max-body-size` are refused without being read whole.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::CONTENT_LENGTH;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::error::ApiError;
@@ -15,14 +13,14 @@ pub struct BodyLimit(pub u64);
 
 /// Rejects a declared Content-Length over the limit at once; caps streamed bodies so reading
 /// stops at the limit.
-pub async fn limit_body(State(limit): State<u64>, mut req: Request, next: Next) -> Response {
+pub fn cap(limit: u64, mut req: Request) -> Result<Request, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return ApiError::body_too_large(limit).into_response();
+        return Err(ApiError::body_too_large(limit));
     }
     req.extensions_mut().insert(BodyLimit(limit));
     let (parts, body) = req.into_parts();
@@ -30,7 +28,7 @@ pub async fn limit_body(State(limit): State<u64>, mut req: Request, next: Next) 
         body,
         usize::try_from(limit).unwrap_or(usize::MAX),
     ));
-    next.run(Request::from_parts(parts, capped)).await
+    Ok(Request::from_parts(parts, capped))
 }
 
 /// Reads a (limited) request body into memory.

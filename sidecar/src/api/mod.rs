@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+mod guard;
 mod health;
 mod invoke;
 mod metadata;
@@ -44,18 +45,13 @@ pub fn public_router(rt: Arc<Runtime>) -> Router {
 }
 
 fn finish(routes: Router<Arc<Runtime>>, rt: Arc<Runtime>) -> Router {
-    let limit = rt.settings.body_limit;
-    let token = rt.settings.api_token.clone();
+    let guard = Arc::new(guard::Guard {
+        api_token: rt.settings.api_token.clone(),
+        body_limit: rt.settings.body_limit,
+        metrics: rt.metrics.clone(),
+    });
     routes
-        .layer(middleware::from_fn_with_state(
-            rt.metrics.clone(),
-            crate::metrics::record_request,
-        ))
-        .layer(middleware::from_fn_with_state(limit, body::limit_body))
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(
-            token,
-            auth::require_api_token,
-        ))
         .with_state(rt)
 }

@@ -415,13 +415,14 @@ struct BulkGetEntry {
 }
 
 /// `data` is the stored JSON as is; bytes that are not JSON are sent as a base64 string, as Go
-/// encodes a byte slice.
+/// encodes a byte slice. (Validating the JSON is the one parse a value gets here.)
 fn bulk_data(data: &[u8]) -> Option<Box<RawValue>> {
-    let text = match std::str::from_utf8(data) {
-        Ok(t) if value::is_json(data) => t.to_string(),
-        _ => serde_json::to_string(&value::to_base64(data)).ok()?,
-    };
-    RawValue::from_string(text).ok()
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(json) = RawValue::from_string(text.to_string()) {
+            return Some(json);
+        }
+    }
+    RawValue::from_string(serde_json::to_string(&value::to_base64(data)).ok()?).ok()
 }
 
 async fn bulk_get(

@@ -119,17 +119,14 @@ impl Forward {
                         return Err(InvokeError::NoTrustedRoots);
                     }
                     return match self
-                        .attempt(&self.client, uri, &call.method, &headers, body)
+                        .attempt(&self.client, uri, &call.method, headers, body)
                         .await
                     {
                         Attempt::Answered(resp) => Ok(resp),
                         Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
                     };
                 };
-                match self
-                    .attempt(client, uri, &call.method, &headers, body)
-                    .await
-                {
+                match self.attempt(client, uri, &call.method, headers, body).await {
                     Attempt::Answered(resp) => Ok(resp),
                     Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
                 }
@@ -141,8 +138,9 @@ impl Forward {
                     CallBody::Buffered(bytes) => (Some(bytes), None),
                     CallBody::Streaming(body) => (None, Some(body)),
                 };
+                let mut headers = call.headers;
                 let mut last_error = None;
-                for instance in &order {
+                for (i, instance) in order.iter().enumerate() {
                     let body = match (&buffered, streaming.take()) {
                         (Some(bytes), _) => Body::from(bytes.clone()),
                         (None, Some(body)) => body,
@@ -153,8 +151,14 @@ impl Forward {
                     let uri: Uri = uri.parse().map_err(|_| {
                         InvokeError::InvalidRequest(format!("{uri:?} is not a valid URL"))
                     })?;
+                    // Only a failover needs the headers again.
+                    let headers = if i + 1 == order.len() {
+                        std::mem::take(&mut headers)
+                    } else {
+                        headers.clone()
+                    };
                     match self
-                        .attempt(&self.client, uri, &call.method, &call.headers, body)
+                        .attempt(&self.client, uri, &call.method, headers, body)
                         .await
                     {
                         Attempt::Answered(resp) => {
@@ -186,7 +190,7 @@ impl Forward {
         client: &Client<C, Body>,
         uri: Uri,
         method: &http::Method,
-        headers: &http::HeaderMap,
+        headers: http::HeaderMap,
         body: Body,
     ) -> Attempt
     where
@@ -195,7 +199,7 @@ impl Forward {
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers;
         match client.request(req).await {
             Ok(resp) => {
                 if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE

@@ -124,6 +124,13 @@ impl Replay for Call {
 
 type Stack = BoxCloneService<Call, Response<Body>, InvokeError>;
 
+/// The resiliency stacks built so far, by target name (apps and external endpoints apart).
+#[derive(Default)]
+struct Stacks {
+    apps: HashMap<String, Stack>,
+    external: HashMap<String, Stack>,
+}
+
 /// The caller side of service invocation, shared by all API requests.
 pub struct Invoker {
     app_id: String,
@@ -131,7 +138,7 @@ pub struct Invoker {
     resiliency: Resiliency,
     endpoints: BTreeMap<String, ExternalEndpoint>,
     forward: forward::Forward,
-    stacks: Mutex<HashMap<String, Stack>>,
+    stacks: Mutex<Stacks>,
     body_limit: u64,
 }
 
@@ -165,7 +172,7 @@ impl Invoker {
                 endpoints.clients,
                 body_limit,
             ),
-            stacks: Mutex::new(HashMap::new()),
+            stacks: Mutex::new(Stacks::default()),
             body_limit,
         }
     }
@@ -221,16 +228,16 @@ impl Invoker {
 
     fn stack_for(&self, target: &InvokeTarget) -> Stack {
         let name = target.policy_name();
-        let key = match target {
-            InvokeTarget::App { .. } => format!("app:{name}"),
-            InvokeTarget::External(_) => format!("ext:{name}"),
-        };
         let mut stacks = self.stacks.lock();
-        if let Some(stack) = stacks.get(&key) {
+        let kind = match target {
+            InvokeTarget::App { .. } => &mut stacks.apps,
+            InvokeTarget::External(_) => &mut stacks.external,
+        };
+        if let Some(stack) = kind.get(name) {
             return stack.clone();
         }
-        if stacks.len() >= MAX_STACKS {
-            stacks.clear();
+        if kind.len() >= MAX_STACKS {
+            kind.clear();
         }
         let policy = self.resiliency.app(name);
         let breaker = self.resiliency.breaker(&policy, name);
@@ -244,7 +251,7 @@ impl Invoker {
             },
             self.forward.clone(),
         );
-        stacks.insert(key, stack.clone());
+        kind.insert(name.to_string(), stack.clone());
         stack
     }
 }
