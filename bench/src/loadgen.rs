@@ -104,6 +104,27 @@ impl HttpOp {
 pub struct RedisOp {
     pub url: String,
     pub cmd: redis::Cmd,
+    /// Times the command is sent, each after the previous reply: 2 gives a client making one
+    /// more Redis round trip per operation, the least a proxy in front of Redis adds.
+    pub round_trips: u32,
+}
+
+impl RedisOp {
+    pub fn new(url: &str, cmd: redis::Cmd) -> RedisOp {
+        RedisOp {
+            url: url.to_string(),
+            cmd,
+            round_trips: 1,
+        }
+    }
+
+    /// The same command sent twice in a row per operation.
+    pub fn twice(&self) -> RedisOp {
+        RedisOp {
+            round_trips: 2,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -238,7 +259,9 @@ impl Connection {
                 Ok(body)
             }
             Connection::Redis { op, conn } => {
-                op.cmd.query_async::<redis::Value>(conn).await?;
+                for _ in 0..op.round_trips.max(1) {
+                    op.cmd.query_async::<redis::Value>(conn).await?;
+                }
                 Ok(Bytes::new())
             }
         }

@@ -108,14 +108,15 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
     let redis_port = ctx.redis_port().await?;
     let url = format!("redis://127.0.0.1:{redis_port}/");
     let value = json_string_payload(PAYLOAD);
-    let direct_set = Operation::Redis(RedisOp {
-        url: url.clone(),
-        cmd: redis::cmd("SET").arg("bench-raw-key").arg(&value).clone(),
-    });
-    let direct_get = Operation::Redis(RedisOp {
-        url: url.clone(),
-        cmd: redis::cmd("GET").arg("bench-raw-key").clone(),
-    });
+    let direct_set = RedisOp::new(
+        &url,
+        redis::cmd("SET").arg("bench-raw-key").arg(&value).clone(),
+    );
+    let direct_get = RedisOp::new(&url, redis::cmd("GET").arg("bench-raw-key").clone());
+    let twice_set = Operation::Redis(direct_set.twice());
+    let twice_get = Operation::Redis(direct_get.twice());
+    let direct_set = Operation::Redis(direct_set);
+    let direct_get = Operation::Redis(direct_get);
     loadgen::call_once(&direct_set).await?;
     let mut mset = redis::cmd("MSET");
     let mut mget = redis::cmd("MGET");
@@ -123,15 +124,8 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
         mset.arg(format!("bench-raw-bulk-{i}")).arg(&value);
         mget.arg(format!("bench-raw-bulk-{i}"));
     }
-    loadgen::call_once(&Operation::Redis(RedisOp {
-        url: url.clone(),
-        cmd: mset,
-    }))
-    .await?;
-    let direct_bulk = Operation::Redis(RedisOp {
-        url: url.clone(),
-        cmd: mget,
-    });
+    loadgen::call_once(&Operation::Redis(RedisOp::new(&url, mset))).await?;
+    let direct_bulk = Operation::Redis(RedisOp::new(&url, mget));
 
     let host = format!("127.0.0.1:{redis_port}");
     let stores = [
@@ -155,12 +149,17 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
 
     let mut s = Series::default();
     for _ in 0..ctx.profile.reps {
-        for (op_name, direct) in [("GET", &direct_get), ("SET", &direct_set)] {
+        for (op_name, direct, twice) in [
+            ("GET", &direct_get, &twice_get),
+            ("SET", &direct_set, &twice_set),
+        ] {
             let redis = [("redis", ctx.redis_pid().unwrap_or(0), false)];
             let prefix = format!("direct_{op_name}_");
             let r = ctx.open_with_usage(direct, &redis, &mut s, &prefix).await?;
             s.push(&format!("direct_{op_name}_p50"), r.quantile_ms(0.5));
             s.push(&format!("direct_{op_name}_p99"), r.quantile_ms(0.99));
+            let r = ctx.open_at(twice, ctx.profile.rate).await?;
+            s.push(&format!("twice_{op_name}_p50"), r.quantile_ms(0.5));
             for (title, ops) in &started {
                 if let Ok(ops) = ops {
                     let op = if op_name == "GET" { &ops.get } else { &ops.set };
@@ -208,6 +207,26 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
                         "+0.98 ms (v1.17, HTTP)"
                     });
                 }
+                if let Err(reason) = ops {
+                    f = f.unavailable(reason);
+                }
+                report.push(f);
+            }
+            if *title == "Redis" {
+                // The structural floor: whatever a sidecar does, it adds one Redis round trip
+                // to the client's own round trip to the sidecar.
+                let t = s.get(&format!("{title}_{op_name}_p50")).to_vec();
+                let mut f = Figure::new(
+                    format!("{op_name} 1 KB p50 at {rate}, {title} store, vs one more round trip"),
+                    "ms",
+                )
+                .tandem(&t)
+                .against(
+                    &format!("two sequential direct {op_name}s"),
+                    &t,
+                    s.get(&format!("twice_{op_name}_p50")),
+                    ComparisonKind::Difference,
+                );
                 if let Err(reason) = ops {
                     f = f.unavailable(reason);
                 }
@@ -269,7 +288,7 @@ async fn inner(ctx: &mut Ctx) -> Result<ScenarioReport, ScenarioError> {
         }
     }
     report.notes.push(format!(
-        "single-key operations open loop at {rate}, bulk gets at {:.0} per second; the direct client is the redis crate (one multiplexed connection per generator connection) on the same redis-server",
+        "single-key operations open loop at {rate}, bulk gets at {:.0} per second; the direct client is the redis crate (one multiplexed connection per generator connection) on the same redis-server; \"two sequential direct GETs/SETs\" sends the command again after each reply: the client's cost of one more Redis round trip, which a sidecar in front of Redis adds at the least",
         ctx.profile.bulk_rate
     ));
     Ok(report)
