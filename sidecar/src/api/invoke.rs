@@ -26,8 +26,11 @@ pub fn routes() -> Router<Arc<Runtime>> {
 /// full URL (`http://host:port`), so the split is at the first `/method/` after it.
 fn split_invoke_path(rest: &str) -> Option<(String, &str)> {
     let rest = rest.trim_start_matches('/');
-    let lower = rest.to_ascii_lowercase();
-    let skip = if lower.starts_with("http://") || lower.starts_with("https://") {
+    let has_scheme = |scheme: &str| {
+        rest.get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+    };
+    let skip = if has_scheme("http://") || has_scheme("https://") {
         rest.find("://").map(|i| i + 3).unwrap_or(0)
     } else {
         0
@@ -101,7 +104,7 @@ fn target_from_headers(headers: &http::HeaderMap) -> Option<(String, bool)> {
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, id) = text.split_once(':')?;
-    (user == APP_ID_HEADER).then(|| (id.trim().to_string(), true))
+    (user == APP_ID_HEADER.as_str()).then(|| (id.trim().to_string(), true))
 }
 
 async fn by_header(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {

@@ -1,46 +1,75 @@
 //! Headers on the invocation path: hop-by-hop headers never cross a proxy; the caller's sidecar
 //! stamps who calls whom, where the request came from, and the trace context.
 
-use std::net::SocketAddr;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, FORWARDED, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use rand::Rng;
 
-pub const APP_ID_HEADER: &str = "dapr-app-id";
-pub const CALLER_APP_ID: &str = "dapr-caller-app-id";
-pub const CALLER_NAMESPACE: &str = "dapr-caller-namespace";
-pub const CALLEE_APP_ID: &str = "dapr-callee-app-id";
-pub const TRACEPARENT: &str = "traceparent";
+// Header names are constants, so the per-request work is a comparison, not a parse.
+pub const APP_ID_HEADER: HeaderName = HeaderName::from_static("dapr-app-id");
+pub const CALLER_APP_ID: HeaderName = HeaderName::from_static("dapr-caller-app-id");
+pub const CALLER_NAMESPACE: HeaderName = HeaderName::from_static("dapr-caller-namespace");
+pub const CALLEE_APP_ID: HeaderName = HeaderName::from_static("dapr-callee-app-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Set by a callee sidecar on a 503 it produced itself (its app is unhealthy, or it is not the
 /// app asked for): the caller then tries another instance. Never passed on to the app.
-pub const INSTANCE_UNAVAILABLE: &str = "tandem-instance-unavailable";
+pub const INSTANCE_UNAVAILABLE: HeaderName = HeaderName::from_static("tandem-instance-unavailable");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// RFC 9110 §7.6.1 connection-specific headers, plus the legacy `proxy-connection`.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ]
+    .contains(name)
+}
+
+/// Headers only a sidecar sets: a client's own values are dropped, never forwarded.
+fn is_stamped(name: &HeaderName) -> bool {
+    [
+        APP_ID_HEADER,
+        CALLER_APP_ID,
+        CALLER_NAMESPACE,
+        CALLEE_APP_ID,
+        INSTANCE_UNAVAILABLE,
+    ]
+    .contains(name)
+}
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    remove_hop_by_hop_and(headers, |_| false);
+}
+
+/// One pass over the headers; a map needs changing only when something matched.
+fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if name == CONNECTION {
+            let listed = value.to_str().unwrap_or_default().split(',');
+            doomed.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+        }
+        if is_hop_by_hop(name) || also(name) {
+            doomed.push(name.clone());
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -54,55 +83,48 @@ pub struct CallerInfo<'a> {
 
 /// Prepares an incoming API request's headers for forwarding to `callee`.
 pub fn stamp_outgoing(headers: &mut HeaderMap, caller: &CallerInfo<'_>, callee: &str) {
-    strip_hop_by_hop(headers);
     // `expect: 100-continue` was for this sidecar's server, which has answered it.
-    headers.remove(http::header::EXPECT);
-    for name in [
-        APP_ID_HEADER,
-        CALLER_APP_ID,
-        CALLER_NAMESPACE,
-        CALLEE_APP_ID,
-        INSTANCE_UNAVAILABLE,
-    ] {
-        headers.remove(name);
-    }
-    let host = headers
-        .remove(HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_string));
+    remove_hop_by_hop_and(headers, |name| name == EXPECT || is_stamped(name));
+    let host = headers.remove(HOST);
     set(headers, CALLER_APP_ID, caller.app_id);
     set(headers, CALLEE_APP_ID, callee);
     if let Some(ns) = caller.namespace {
         set(headers, CALLER_NAMESPACE, ns);
     }
     if let Some(client) = caller.client {
-        let ip = client.ip().to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
-            _ => ip.clone(),
-        };
-        set(headers, "x-forwarded-for", &forwarded_for);
-        let forwarded_ip = if client.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip
-        };
-        let mut forwarded = format!("for={forwarded_ip}");
-        if let Some(h) = &host {
-            forwarded.push_str(&format!(";host={h}"));
+        let ip = client.ip();
+        let mut forwarded_for = String::new();
+        if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            if !earlier.trim().is_empty() {
+                forwarded_for.push_str(earlier);
+                forwarded_for.push_str(", ");
+            }
         }
-        set(headers, "forwarded", &forwarded);
+        push_ip(&mut forwarded_for, ip);
+        set(headers, X_FORWARDED_FOR, &forwarded_for);
+        let mut forwarded = String::from("for=");
+        if ip.is_ipv6() {
+            forwarded.push_str("\"[");
+            push_ip(&mut forwarded, ip);
+            forwarded.push_str("]\"");
+        } else {
+            push_ip(&mut forwarded, ip);
+        }
+        if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+            forwarded.push_str(";host=");
+            forwarded.push_str(h);
+        }
+        set(headers, FORWARDED, &forwarded);
     }
-    if let Some(h) = &host {
-        set(headers, "x-forwarded-host", h);
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST, h);
     }
-    let parent = headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    set(headers, TRACEPARENT, &child_traceparent(parent.as_deref()));
+    let parent = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok());
+    let child = child_traceparent(parent);
+    set(headers, TRACEPARENT, &child);
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
@@ -113,28 +135,75 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 pub fn child_traceparent(incoming: Option<&str>) -> String {
     let mut rng = rand::rng();
     let span: u64 = rng.random_range(1..=u64::MAX);
-    if let Some((trace, flags)) = incoming.and_then(parse_traceparent) {
-        return format!("00-{trace}-{span:016x}-{flags}");
+    let mut out = String::with_capacity(TRACEPARENT_LEN);
+    out.push_str("00-");
+    match incoming.and_then(parse_traceparent) {
+        Some((trace, flags)) => {
+            out.push_str(trace);
+            out.push('-');
+            push_hex(&mut out, u128::from(span), 16);
+            out.push('-');
+            out.push_str(flags);
+        }
+        None => {
+            push_hex(&mut out, rng.random_range(1..=u128::MAX), 32);
+            out.push('-');
+            push_hex(&mut out, u128::from(span), 16);
+            out.push_str("-01");
+        }
     }
-    let trace: u128 = rng.random_range(1..=u128::MAX);
-    format!("00-{trace:032x}-{span:016x}-01")
+    out
+}
+
+/// `version-traceid-spanid-flags`: 2 + 32 + 16 + 2 hex digits and three dashes.
+const TRACEPARENT_LEN: usize = 55;
+
+/// The low `digits` hex digits of `value`, zero-padded (a formatter costs more per request).
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((value >> (4 * i)) & 0xf) as usize]));
+    }
 }
 
 fn parse_traceparent(text: &str) -> Option<(&str, &str)> {
-    let parts: Vec<&str> = text.trim().split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    match parts.as_slice() {
-        [version, trace, span, flags]
-            if hex(version, 2)
-                && *version != "ff"
-                && hex(trace, 32)
-                && trace.bytes().any(|b| b != b'0')
-                && hex(span, 16)
-                && hex(flags, 2) =>
-        {
-            Some((trace, flags))
+    let text = text.trim();
+    let b = text.as_bytes();
+    if b.len() != TRACEPARENT_LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let (version, trace, span, flags) = (&text[..2], &text[3..35], &text[36..52], &text[53..]);
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = hex(version)
+        && version != "ff"
+        && hex(trace)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(span)
+        && hex(flags);
+    valid.then_some((trace, flags))
+}
+
+/// An address as forwarding headers write it, without the formatter (`Ipv4Addr`'s `Display`
+/// costs more than the rest of the header work).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
         }
-        _ => None,
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -193,6 +262,35 @@ mod tests {
         assert_ne!(
             tp,
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+    }
+
+    #[test]
+    fn writes_addresses_as_display_does() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "::1", "fe80::1:2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn keeps_trace_and_flags_of_a_valid_parent() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let tp = child_traceparent(Some(parent));
+        assert_eq!(tp.len(), TRACEPARENT_LEN);
+        assert_eq!(&tp[..36], &parent[..36]);
+        assert!(tp.ends_with("-00"), "{tp}");
+        assert!(parse_traceparent(&tp).is_some(), "{tp}");
+        assert!(
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0").is_none()
+        );
+        assert!(
+            parse_traceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").is_none()
+        );
+        assert!(
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-00").is_none()
         );
     }
 
