@@ -22,9 +22,19 @@ fn is_exempt(path: &str) -> bool {
     path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound"
 }
 
+/// A request without the right token: 401 with Dapr's plain-text body.
+#[derive(Debug)]
+pub struct InvalidToken;
+
+impl IntoResponse for InvalidToken {
+    fn into_response(self) -> Response {
+        (StatusCode::UNAUTHORIZED, "invalid api token").into_response()
+    }
+}
+
 /// Checks the token when one is configured (healthz is exempt), and removes it from the request:
 /// it is for this sidecar only and is never forwarded.
-pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), Response> {
+pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), InvalidToken> {
     if let Some(expected) = expected {
         if !is_exempt(req.uri().path()) {
             let given = req
@@ -33,7 +43,7 @@ pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), Response> 
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
             if !constant_time_eq(given, expected.as_bytes()) {
-                return Err((StatusCode::UNAUTHORIZED, "invalid api token").into_response());
+                return Err(InvalidToken);
             }
         }
     }

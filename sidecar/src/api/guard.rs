@@ -25,7 +25,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut req: Request, next: Next
     let method = req.method().clone();
     let path = req.extensions().get::<MatchedPath>().cloned();
     let resp = match auth::admit(guard.api_token.as_deref(), &mut req) {
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
         Ok(()) => match body::cap(guard.body_limit, req) {
             Ok(req) => next.run(req).await,
             Err(too_large) => too_large.into_response(),
