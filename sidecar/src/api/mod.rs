@@ -14,7 +14,6 @@ mod state;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
 
@@ -50,8 +49,11 @@ fn finish(routes: Router<Arc<Runtime>>, rt: Arc<Runtime>) -> Router {
         body_limit: rt.settings.body_limit,
         metrics: rt.metrics.clone(),
     });
+    // Handlers take the request `Body` and read it with `body::read_body`, under the guard's
+    // --max-body-size cap. axum's own body extractors (`Json`, `Bytes`, `String`) are not used:
+    // they would apply axum's 2 MB default limit too, and disabling it is one more layer on
+    // every request.
     routes
         .layer(middleware::from_fn_with_state(guard, guard::guard))
-        .layer(DefaultBodyLimit::disable())
         .with_state(rt)
 }
