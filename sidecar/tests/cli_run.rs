@@ -39,6 +39,8 @@ except KeyboardInterrupt:
 struct Running {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The tasks reading stdout and stderr, done at end of file.
+    collectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -55,9 +57,18 @@ impl Running {
         }
         let mut child = cmd.spawn().expect("spawn tandem");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take(), output.clone());
-        collect(child.stderr.take(), output.clone());
-        Self { child, output }
+        let collectors = [
+            collect(child.stdout.take(), output.clone()),
+            collect(child.stderr.take(), output.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Self {
+            child,
+            output,
+            collectors,
+        }
     }
 
     fn output(&self) -> String {
@@ -68,17 +79,25 @@ impl Running {
         self.child.id().expect("running")
     }
 
+    /// Waits for the exit, then for the last lines still in the pipes.
     async fn wait(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("tandem did not exit:\n{}", self.output()))
-            .expect("wait")
+            .expect("wait");
+        for collector in self.collectors.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+        }
+        status
     }
 }
 
-fn collect(stream: Option<impl AsyncRead + Unpin + Send + 'static>, into: Arc<Mutex<String>>) {
-    let Some(stream) = stream else { return };
-    tokio::spawn(async move {
+fn collect(
+    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
+    into: Arc<Mutex<String>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let stream = stream?;
+    Some(tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if std::env::var_os("TANDEM_TEST_LOGS").is_some() {
@@ -88,7 +107,7 @@ fn collect(stream: Option<impl AsyncRead + Unpin + Send + 'static>, into: Arc<Mu
             all.push_str(&line);
             all.push('\n');
         }
-    });
+    }))
 }
 
 /// Direct children of `pid`, read from /proc.
