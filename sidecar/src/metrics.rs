@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 // Label values are shared or static where they can be, so recording a request allocates only
-// the route template's copy.
+// the two copies of the route template (one per metric family).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     app_id: Arc<str>,
