@@ -3,6 +3,7 @@
 //! Dependencies point down: the sidecar uses this crate; nothing here knows about HTTP routes.
 #![forbid(unsafe_code)]
 
+pub mod kube_api;
 pub mod metadata;
 pub mod pubsub;
 pub mod registry;

@@ -160,6 +160,19 @@ const TYPES: &[Entry] = &[
         },
     },
     Entry {
+        component_type: "secretstores.kubernetes",
+        versions: &["v1"],
+        factory: |_, ctx| {
+            Box::pin(async move {
+                let store = secretstores::kubernetes::KubernetesSecretStore::in_cluster(
+                    ctx.namespace.as_deref(),
+                )
+                .map_err(|e| BuildError::Init(e.to_string()))?;
+                Ok(Component::SecretStore(Arc::new(store)))
+            })
+        },
+    },
+    Entry {
         component_type: "secretstores.local.file",
         versions: &["v1"],
         factory: |md, _| {

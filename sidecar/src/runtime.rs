@@ -48,6 +48,8 @@ pub enum StartupError {
     Registry(#[from] crate::naming::local_registry::RegistryError),
     #[error("the local registry task failed: {0}")]
     RegistryTask(tokio::task::JoinError),
+    #[error("{0}")]
+    Kubernetes(#[from] crate::kubernetes::KubernetesError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -62,6 +64,8 @@ pub struct Settings {
     pub http_port: u16,
     pub public_port: Option<u16>,
     pub listen_addresses: Vec<String>,
+    pub internal_listen_addresses: Vec<String>,
+    pub public_listen_addresses: Vec<String>,
     pub body_limit: u64,
     pub graceful_shutdown: Duration,
     pub mode: String,
@@ -103,6 +107,10 @@ impl Settings {
             http_port: args.http_port(),
             public_port: args.dapr_public_port,
             listen_addresses: args.listen_addresses(),
+            internal_listen_addresses: args
+                .side_listen_addresses(args.dapr_internal_grpc_listen_address.as_deref()),
+            public_listen_addresses: args
+                .side_listen_addresses(args.dapr_public_listen_address.as_deref()),
             body_limit: args.body_limit(),
             graceful_shutdown: args.graceful_shutdown(),
             mode: args.mode.clone(),
@@ -158,9 +166,10 @@ impl Runtime {
 }
 
 /// The resource directories to read: the flags, else `~/.tandem/components`, else
-/// `~/.dapr/components`; `None` means the built-in defaults.
+/// `~/.dapr/components`; `None` means the built-in defaults. In kubernetes mode only the flags
+/// count: the rest comes from the Kubernetes API.
 fn resources_paths(args: &SidecarArgs) -> Option<Vec<PathBuf>> {
-    if !args.resources_path.is_empty() {
+    if !args.resources_path.is_empty() || args.mode == "kubernetes" {
         return Some(args.resources_path.clone());
     }
     let home = std::env::var_os("HOME").map(PathBuf::from)?;
@@ -171,9 +180,9 @@ fn resources_paths(args: &SidecarArgs) -> Option<Vec<PathBuf>> {
         .map(|p| vec![p])
 }
 
-/// The embedded defaults: an in-memory state store and an in-memory pub/sub.
-fn builtin_components() -> Vec<ComponentSpec> {
-    let spec = |name: &str, component_type: &str| ComponentSpec {
+/// A component defined by Tandem itself rather than a resource file.
+pub(crate) fn builtin_component(name: &str, component_type: &str) -> ComponentSpec {
+    ComponentSpec {
         name: name.to_string(),
         namespace: None,
         component_type: component_type.to_string(),
@@ -187,10 +196,14 @@ fn builtin_components() -> Vec<ComponentSpec> {
             file: PathBuf::from("(built-in)"),
             document: 1,
         },
-    };
+    }
+}
+
+/// The embedded defaults: an in-memory state store and an in-memory pub/sub.
+fn builtin_components() -> Vec<ComponentSpec> {
     vec![
-        spec("statestore", "state.in-memory"),
-        spec("pubsub", "pubsub.in-memory"),
+        builtin_component("statestore", "state.in-memory"),
+        builtin_component("pubsub", "pubsub.in-memory"),
     ]
 }
 
@@ -206,6 +219,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         );
     }
     let mut resources = match resources_paths(args) {
+        Some(paths) if paths.is_empty() => tandem_components::spec::Resources::default(),
         Some(paths) => {
             tracing::info!(
                 "loading resources from {}",
@@ -228,9 +242,18 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
             }
         }
     };
-    if !args.config.is_empty() {
-        let configs = load_resources(&args.config, &settings.app_id)?;
+    // In kubernetes mode a --config that is not a file names a Configuration resource.
+    let (config_files, config_names): (Vec<PathBuf>, Vec<PathBuf>) = args
+        .config
+        .iter()
+        .cloned()
+        .partition(|c| settings.mode != "kubernetes" || c.is_file());
+    if !config_files.is_empty() {
+        let configs = load_resources(&config_files, &settings.app_id)?;
         resources.configurations = configs.configurations;
+    }
+    if settings.mode == "kubernetes" {
+        crate::kubernetes::load_resources(args, &settings, &config_names, &mut resources).await?;
     }
     let templates = TemplateContext {
         app_id: settings.app_id.clone(),
@@ -322,7 +345,7 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     let internal_port = serve_internal(&rt, &mut servers).await?;
     if let Some(port) = settings.public_port {
         let public = crate::api::public_router(rt.clone());
-        for listener in bind_all(&settings.listen_addresses, port).await? {
+        for listener in bind_all(&settings.public_listen_addresses, port).await? {
             spawn_server(&mut servers, listener, public.clone(), &rt.shutdown);
         }
     }
@@ -405,7 +428,7 @@ async fn serve_internal(
     rt: &Arc<Runtime>,
     servers: &mut tokio::task::JoinSet<()>,
 ) -> Result<u16, StartupError> {
-    let addresses = &rt.settings.listen_addresses;
+    let addresses = &rt.settings.internal_listen_addresses;
     let (first, rest) = addresses
         .split_first()
         .map(|(f, r)| (f.clone(), r.to_vec()))
@@ -451,7 +474,7 @@ async fn register_locally(
         _ => LocalRegistry::from_env(),
     };
     let address = settings
-        .listen_addresses
+        .internal_listen_addresses
         .iter()
         .find(|a| {
             !matches!(
@@ -501,7 +524,8 @@ async fn become_ready(rt: Arc<Runtime>) {
     );
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+pub(crate) async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -1,5 +1,7 @@
-//! Secret stores: `secretstores.local.env` and `secretstores.local.file`.
+//! Secret stores: `secretstores.local.env`, `secretstores.local.file` and
+//! `secretstores.kubernetes`.
 
+pub mod kubernetes;
 pub mod local_env;
 pub mod local_file;
 

@@ -55,6 +55,27 @@ pub fn load_resources(paths: &[PathBuf], app_id: &str) -> Result<Resources, Load
     }
 }
 
+/// Adds resources read from somewhere other than files (the Kubernetes API): each document
+/// comes with the origin its errors should name. Names must stay unique across everything.
+pub fn add_documents(
+    resources: &mut Resources,
+    documents: Vec<(Origin, Value)>,
+    app_id: &str,
+) -> Result<(), LoadError> {
+    let mut errors = Vec::new();
+    for (origin, document) in documents {
+        if let Err(e) = load_document(document, origin, app_id, resources) {
+            errors.push(e);
+        }
+    }
+    check_duplicates(resources, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
+}
+
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),

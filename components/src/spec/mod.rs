@@ -16,7 +16,7 @@ use std::path::PathBuf;
 pub use component::{ComponentSpec, MetadataItem, MetadataSource, SecretKeyRef};
 pub use configuration::ConfigurationSpec;
 pub use http_endpoint::HttpEndpointSpec;
-pub use load::{load_resources, LoadError, Resources};
+pub use load::{add_documents, load_resources, LoadError, Resources};
 pub use resiliency::ResiliencySpec;
 pub use subscription::{BulkSubscribe, RouteRule, SubscriptionKind, SubscriptionSpec};
 

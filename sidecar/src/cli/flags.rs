@@ -41,9 +41,17 @@ pub struct SidecarArgs {
     #[arg(long)]
     pub dapr_internal_grpc_port: Option<u16>,
 
+    /// Address of the internal port [default: all interfaces in kubernetes mode, else the API's].
+    #[arg(long)]
+    pub dapr_internal_grpc_listen_address: Option<String>,
+
     /// Port serving only healthz and metadata (Kubernetes probes).
     #[arg(long)]
     pub dapr_public_port: Option<u16>,
+
+    /// Address of the public port [default: all interfaces in kubernetes mode, else the API's].
+    #[arg(long)]
+    pub dapr_public_listen_address: Option<String>,
 
     /// A directory (or file) of resource YAML; repeatable.
     #[arg(long = "resources-path", visible_alias = "components-path", short = 'd', action = ArgAction::Append)]
@@ -112,6 +120,10 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
     pub mode: String,
 
+    /// In kubernetes mode, do not load the built-in secret store `kubernetes`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub disable_builtin_k8s_secret_store: bool,
+
     /// Threads that run the sidecar's work. One keeps each request on one thread, which costs
     /// the least CPU at ordinary load; raise it for a sidecar that needs more than a core.
     #[arg(long, env = "TANDEM_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -156,8 +168,6 @@ pub struct AcceptedFlags {
     pub dapr_block_shutdown_duration: Option<String>,
     #[arg(long, short = 'u', hide = true)]
     pub unix_domain_socket: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub disable_builtin_k8s_secret_store: Option<String>,
     #[arg(long, hide = true)]
     pub disable_init_endpoints: Option<String>,
     #[arg(long, hide = true)]
@@ -227,19 +237,37 @@ impl SidecarArgs {
 
     /// The listen addresses: the comma list given, or every interface.
     pub fn listen_addresses(&self) -> Vec<String> {
-        match &self.dapr_listen_addresses {
-            Some(list) if !list.trim().is_empty() => list
-                .split(',')
-                .map(|a| {
-                    a.trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string()
-                })
-                .filter(|a| !a.is_empty())
-                .collect(),
-            _ => vec!["0.0.0.0".to_string()],
+        parse_addresses(self.dapr_listen_addresses.as_deref())
+    }
+
+    /// Where the internal and public ports listen: `flag` if given, every interface in
+    /// kubernetes mode (peers and the kubelet come from outside the pod), else as the API.
+    pub fn side_listen_addresses(&self, flag: Option<&str>) -> Vec<String> {
+        match flag {
+            Some(given) if !given.trim().is_empty() => parse_addresses(Some(given)),
+            _ if self.mode == "kubernetes" => vec!["0.0.0.0".to_string()],
+            _ => self.listen_addresses(),
         }
+    }
+}
+
+/// A comma list of addresses (IPv6 in brackets or not); empty or absent means every interface.
+fn parse_addresses(list: Option<&str>) -> Vec<String> {
+    let addresses: Vec<String> = list
+        .unwrap_or_default()
+        .split(',')
+        .map(|a| {
+            a.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addresses.is_empty() {
+        vec!["0.0.0.0".to_string()]
+    } else {
+        addresses
     }
 }
 

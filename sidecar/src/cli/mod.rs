@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::kubernetes::injector::InjectorArgs;
 use flags::SidecarArgs;
 use invoke::InvokeArgs;
 use list::ListArgs;
@@ -51,6 +52,8 @@ enum TandemCommand {
     Invoke(InvokeArgs),
     /// Publish an event through a running app's sidecar.
     Publish(PublishArgs),
+    /// Serve the Kubernetes admission webhook that injects the sidecar into pods.
+    Injector(InjectorArgs),
 }
 
 /// `daprd [flags]`.
@@ -93,6 +96,7 @@ enum Invocation {
     Stop(StopArgs),
     Invoke(InvokeArgs),
     Publish(PublishArgs),
+    Injector(InjectorArgs),
 }
 
 fn program_name() -> String {
@@ -131,6 +135,7 @@ fn parse() -> Invocation {
                 TandemCommand::Stop(a) => Invocation::Stop(a),
                 TandemCommand::Invoke(a) => Invocation::Invoke(a),
                 TandemCommand::Publish(a) => Invocation::Publish(a),
+                TandemCommand::Injector(a) => Invocation::Injector(a),
             }
         }
     }
@@ -170,6 +175,16 @@ pub fn main() -> ExitCode {
         Invocation::Stop(args) => runtime.block_on(stop::run(args)),
         Invocation::Invoke(args) => runtime.block_on(invoke::run(args)),
         Invocation::Publish(args) => runtime.block_on(publish::run(args)),
+        Invocation::Injector(args) => {
+            crate::logging::init(&args.log_level, args.log_as_json);
+            match runtime.block_on(crate::kubernetes::injector::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("fatal: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
