@@ -309,8 +309,12 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
     }))
 }
 
+/// Listens on `port` of every address. An address this host does not have (`[::1]` where IPv6
+/// is off) is skipped with a warning as long as another one works; any other failure, such as
+/// a port in use, is an error.
 async fn bind_all(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, StartupError> {
     let mut listeners = Vec::new();
+    let mut unavailable = None;
     for addr in addresses {
         let text = if addr.contains(':') {
             format!("[{addr}]:{port}")
@@ -323,13 +327,25 @@ async fn bind_all(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, S
             })?;
             TcpListener::bind(sock).await
         };
-        let listener = bind.await.map_err(|source| StartupError::Bind {
-            addr: text.clone(),
-            source,
-        })?;
-        listeners.push(listener);
+        match bind.await {
+            Ok(listener) => listeners.push(listener),
+            Err(source) if is_unavailable(&source) && addresses.len() > 1 => {
+                tracing::warn!("not listening on {text}: {source}");
+                unavailable = Some(StartupError::Bind { addr: text, source });
+            }
+            Err(source) => return Err(StartupError::Bind { addr: text, source }),
+        }
     }
-    Ok(listeners)
+    match unavailable {
+        Some(error) if listeners.is_empty() => Err(error),
+        _ => Ok(listeners),
+    }
+}
+
+/// The address does not exist here, or its family is switched off.
+fn is_unavailable(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::AddrNotAvailable
+        || error.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
 }
 
 /// Runs the sidecar until a shutdown signal, then shuts down gracefully.
