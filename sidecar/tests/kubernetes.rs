@@ -89,11 +89,14 @@ async fn serve_tls(router: Router, certs: &Certificates) -> u16 {
     port
 }
 
+/// One scripted answer: method, path, status and JSON body.
+type Answer = (Method, String, u16, Value);
+
 /// A fake Kubernetes API: answers from a table of `(method, path) → (status, body)`, records
 /// every request, and refuses requests without the service account's token.
 #[derive(Clone, Default)]
 struct FakeApi {
-    answers: Arc<Mutex<Vec<(Method, String, u16, Value)>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     requests: Arc<Mutex<Vec<(Method, String, Value)>>>,
 }
 
