@@ -18,76 +18,14 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tandem_testkit::{free_port, http, Sidecar};
 
+#[path = "support/tls.rs"]
+mod tls;
+
+use tls::{https_post, serve_tls, Certificates};
+
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const TOKEN: &str = "test-service-account-token";
 const NAMESPACE: &str = "shop";
-
-/// A certificate authority and one server certificate for 127.0.0.1.
-struct Certificates {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Certificates {
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "fake cluster ca");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        Self {
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
-
-/// Serves `router` over TLS on a free port.
-async fn serve_tls(router: Router, certs: &Certificates) -> u16 {
-    use rustls::pki_types::pem::PemObject;
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
-        }
-    });
-    port
-}
 
 /// One scripted answer: method, path, status and JSON body.
 type Answer = (Method, String, u16, Value);
@@ -349,49 +287,6 @@ async fn kubernetes_mode_without_rights_fails_naming_the_request() {
     assert!(logs.contains("cannot list resource"), "{logs}");
 }
 
-/// Sends one request over HTTPS, trusting only `ca_pem`.
-async fn https_post(port: u16, ca_pem: &str, path: &str, body: Value) -> (u16, Value) {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .expect("TLS handshake with the injector");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::post(path)
-        .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 /// Applies the `add` operations of a JSON Patch (all the injector emits).
 fn apply_patch(mut document: Value, ops: &[Value]) -> Value {
     for op in ops {
@@ -456,7 +351,9 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
         .envs(env.iter().cloned())
         .kill_on_drop(true);
     if std::env::var_os("TANDEM_TEST_LOGS").is_none() {
-        injector.stdout(std::process::Stdio::null());
+        injector
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
     }
     let _injector = injector.spawn().unwrap();
     let up = tandem_testkit::eventually(Duration::from_secs(20), || async {
@@ -481,7 +378,14 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
             "request": {"uid": "uid-1", "namespace": NAMESPACE, "operation": "CREATE", "object": object, "dryRun": false}
         })
     };
-    let (status, answer) = https_post(port, &certs.ca_pem, "/mutate", review(pod.clone())).await;
+    let (status, answer) = https_post(
+        port,
+        &certs.ca_pem,
+        "127.0.0.1",
+        "/mutate",
+        review(pod.clone()),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     let response = &answer["response"];
     assert_eq!(response["uid"], "uid-1");
@@ -522,12 +426,20 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
     let (_, answer) = https_post(
         port,
         &certs.ca_pem,
+        "127.0.0.1",
         "/mutate",
         review(json!({"metadata": {"name": "plain"}, "spec": {"containers": []}})),
     )
     .await;
     assert_eq!(answer["response"], json!({"uid": "uid-1", "allowed": true}));
-    let (status, _) = https_post(port, &certs.ca_pem, "/mutate", json!("not a review")).await;
+    let (status, _) = https_post(
+        port,
+        &certs.ca_pem,
+        "127.0.0.1",
+        "/mutate",
+        json!("not a review"),
+    )
+    .await;
     assert_eq!(status, 400);
 
     // The injected container's arguments start a working sidecar. The test harness picks the

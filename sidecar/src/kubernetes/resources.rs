@@ -17,6 +17,15 @@ const LISTED: &[(&str, &[&str], &str)] = &[
     ("httpendpoints", &["v1alpha1"], "HTTPEndpoint"),
 ];
 
+/// The plural names of every `dapr.io` kind the sidecar reads (its RBAC role must cover them).
+pub const RESOURCES: &[&str] = &[
+    "components",
+    "subscriptions",
+    "resiliencies",
+    "httpendpoints",
+    "configurations",
+];
+
 /// Every resource of `namespace` the sidecar loads, each with the origin its errors name
 /// (`kubernetes: components/statestore`).
 pub async fn fetch(
@@ -84,6 +93,13 @@ fn document(plural: &str, kind: &str, mut item: Value) -> (Origin, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_read_is_named_for_rbac() {
+        for (plural, _, _) in LISTED {
+            assert!(RESOURCES.contains(plural));
+        }
+    }
 
     #[test]
     fn list_items_get_their_kind_and_an_origin() {
