@@ -172,15 +172,16 @@ fn envelope_bytes(
         stamp_expiration: !pubsub.features().message_ttl,
         now: Utc::now(),
     };
-    let event = match content_type {
+    match content_type {
         Some(ct) if envelope::is_cloudevent(ct) => {
-            envelope::complete(body, &ctx).map_err(|e| cloud_event_error(pubsub_name, topic, e))?
+            let event = envelope::complete(body, &ctx)
+                .map_err(|e| cloud_event_error(pubsub_name, topic, e))?;
+            serde_json::to_vec(&event)
+                .map(Bytes::from)
+                .map_err(|e| cloud_event_error(pubsub_name, topic, e))
         }
-        _ => envelope::wrap(body, content_type, &ctx),
-    };
-    serde_json::to_vec(&event)
-        .map(Bytes::from)
-        .map_err(|e| cloud_event_error(pubsub_name, topic, e))
+        _ => Ok(Bytes::from(envelope::wrap(body, content_type, &ctx))),
+    }
 }
 
 fn publish_error(pubsub: &str, topic: &str, e: impl std::fmt::Display) -> ApiError {

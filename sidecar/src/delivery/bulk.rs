@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tandem_components::pubsub::{AckHandle, Message};
 
 use super::dead_letter::DeadLetterReason;
-use super::deliver::{app_available, delivery_headers, finish, post, prepare, Failures};
+use super::deliver::{app_available, delivery_headers, finish, post, prepare, EventHead, Failures};
 use super::envelope::{self, BULK_EVENT_TYPE, CLOUDEVENTS_JSON};
 use super::outcome::{entry_status, EntryStatus, Verdict};
 use super::subscriber::SubscriptionContext;
@@ -35,12 +35,12 @@ pub async fn deliver_batch(ctx: &SubscriptionContext, batch: Vec<Message>) {
             ..
         } = msg;
         let mut failures = Failures::none();
-        if envelope::is_expired(&prepared.event, Utc::now()) {
+        if envelope::is_expired(prepared.head.expiration(), Utc::now()) {
             failures.error = "the message expired before delivery".into();
             finish(
                 ctx,
                 ack,
-                &prepared.event,
+                prepared.event(),
                 DeadLetterReason::Expired,
                 "",
                 &failures,
@@ -49,12 +49,16 @@ pub async fn deliver_batch(ctx: &SubscriptionContext, batch: Vec<Message>) {
             .await;
             continue;
         }
-        let Some(path) = ctx.routes.route(&prepared.event).map(str::to_string) else {
+        let Some(path) = ctx
+            .routes
+            .route_with(|| prepared.event())
+            .map(str::to_string)
+        else {
             failures.error = "no routing rule matched".into();
             finish(
                 ctx,
                 ack,
-                &prepared.event,
+                prepared.event(),
                 DeadLetterReason::NoRoute,
                 "",
                 &failures,
@@ -65,7 +69,7 @@ pub async fn deliver_batch(ctx: &SubscriptionContext, batch: Vec<Message>) {
         };
         by_route.entry(path).or_default().push(Entry {
             id: uuid::Uuid::new_v4().to_string(),
-            event: prepared.event,
+            event: prepared.into_event(),
             metadata,
             position,
             ack,
@@ -130,7 +134,12 @@ fn statuses(body: &[u8]) -> BTreeMap<String, EntryStatus> {
 async fn deliver_route(ctx: &SubscriptionContext, path: &str, mut pending: Vec<Entry>) {
     let policy = &ctx.policy.retry;
     let mut retries = 0u32;
-    let headers = delivery_headers(ctx, &Value::Null, &BTreeMap::new(), "application/json");
+    let headers = delivery_headers(
+        ctx,
+        &EventHead::default(),
+        &BTreeMap::new(),
+        "application/json",
+    );
     while !pending.is_empty() {
         if !app_available(ctx).await {
             for e in pending {

@@ -2,12 +2,14 @@
 //! settle it (ack, dead-letter then ack, or nack).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
 use serde_json::Value;
 use tandem_components::pubsub::{AckHandle, Message, PublishRequest};
 
@@ -21,32 +23,101 @@ const MAX_RESPONSE: usize = 64 << 10;
 /// Attempts to write a dead-letter copy before the original is nacked instead.
 const DEAD_LETTER_ATTEMPTS: u32 = 3;
 
-/// The event as the app will see it: the parsed CloudEvent and the bytes to post.
+/// The members of a CloudEvent that delivery itself reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventHead {
+    #[serde(default)]
+    traceparent: Option<Value>,
+    #[serde(default)]
+    tracestate: Option<Value>,
+    #[serde(default)]
+    expiration: Option<Value>,
+}
+
+impl EventHead {
+    fn of(event: &Value) -> Self {
+        Self {
+            traceparent: event.get("traceparent").cloned(),
+            tracestate: event.get("tracestate").cloned(),
+            expiration: event.get("expiration").cloned(),
+        }
+    }
+
+    pub fn expiration(&self) -> Option<&str> {
+        self.expiration.as_ref().and_then(Value::as_str)
+    }
+
+    fn trace(&self) -> [(&'static str, Option<&str>); 2] {
+        [
+            (
+                "traceparent",
+                self.traceparent.as_ref().and_then(Value::as_str),
+            ),
+            (
+                "tracestate",
+                self.tracestate.as_ref().and_then(Value::as_str),
+            ),
+        ]
+    }
+}
+
+/// The event as the app will see it: the bytes to post and the members delivery reads. The
+/// whole CloudEvent is parsed only when something needs it (routing rules, a dead letter,
+/// a bulk envelope), so a plain delivery reads the event once without building it.
 pub struct Prepared {
-    pub event: Value,
     pub body: Bytes,
+    pub head: EventHead,
+    event: OnceLock<Value>,
+}
+
+impl Prepared {
+    /// The whole CloudEvent.
+    pub fn event(&self) -> &Value {
+        self.event
+            .get_or_init(|| serde_json::from_slice(&self.body).unwrap_or(Value::Null))
+    }
+
+    pub fn into_event(self) -> Value {
+        self.event();
+        self.event.into_inner().unwrap_or(Value::Null)
+    }
+
+    fn parsed(event: Value, body: Bytes) -> Self {
+        Self {
+            body,
+            head: EventHead::of(&event),
+            event: OnceLock::from(event),
+        }
+    }
 }
 
 /// The CloudEvent of a message. Raw subscriptions (and bodies that are not a JSON object) get
 /// Dapr's raw-payload envelope.
 pub fn prepare(ctx: &SubscriptionContext, msg: &Message) -> Prepared {
-    if !ctx.raw {
-        if let Ok(event @ Value::Object(_)) = serde_json::from_slice::<Value>(&msg.data) {
+    let data = &msg.data;
+    let object = data.trim_ascii_start().first() == Some(&b'{');
+    if !ctx.raw && object && std::str::from_utf8(data).is_ok() {
+        if let Ok(head) = serde_json::from_slice::<EventHead>(data) {
             return Prepared {
-                event,
-                body: msg.data.clone(),
+                body: data.clone(),
+                head,
+                event: OnceLock::new(),
             };
         }
+        // Valid JSON the quick read refused (a repeated member, say) is read whole.
+        if let Ok(event @ Value::Object(_)) = serde_json::from_slice::<Value>(data) {
+            return Prepared::parsed(event, data.clone());
+        }
     }
-    let event = envelope::from_raw_payload(&msg.data, &ctx.spec.pubsub_name, &ctx.spec.topic);
+    let event = envelope::from_raw_payload(data, &ctx.spec.pubsub_name, &ctx.spec.topic);
     let body = Bytes::from(event.to_string());
-    Prepared { event, body }
+    Prepared::parsed(event, body)
 }
 
 /// Headers of a delivery: content type, trace context, pub/sub name and broker metadata.
 pub fn delivery_headers(
     ctx: &SubscriptionContext,
-    event: &Value,
+    event: &EventHead,
     metadata: &BTreeMap<String, String>,
     content_type: &str,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -78,12 +149,8 @@ pub fn delivery_headers(
     }
     add("content-type", content_type);
     add("pubsubname", &ctx.spec.pubsub_name);
-    for key in ["traceparent", "tracestate"] {
-        if let Some(v) = event
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-        {
+    for (key, value) in event.trace() {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
             add(key, v);
         }
     }
@@ -226,7 +293,7 @@ impl Failures {
 }
 
 pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
-    let Prepared { event, body } = prepare(ctx, &msg);
+    let prepared = prepare(ctx, &msg);
     let Message {
         metadata,
         position,
@@ -234,7 +301,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
         ..
     } = msg;
     let mut failures = Failures::none();
-    if envelope::is_expired(&event, Utc::now()) {
+    if envelope::is_expired(prepared.head.expiration(), Utc::now()) {
         failures.error = "the message expired before delivery".into();
         tracing::warn!(
             "message {position} on {} expired; not delivered",
@@ -243,7 +310,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
         return finish(
             ctx,
             ack,
-            &event,
+            prepared.event(),
             DeadLetterReason::Expired,
             "",
             &failures,
@@ -251,7 +318,11 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
         )
         .await;
     }
-    let Some(path) = ctx.routes.route(&event).map(str::to_string) else {
+    let Some(path) = ctx
+        .routes
+        .route_with(|| prepared.event())
+        .map(str::to_string)
+    else {
         failures.error = "no routing rule matched".into();
         tracing::warn!(
             "message {position} on {} matched no route; dropped",
@@ -260,7 +331,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
         return finish(
             ctx,
             ack,
-            &event,
+            prepared.event(),
             DeadLetterReason::NoRoute,
             "",
             &failures,
@@ -268,7 +339,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
         )
         .await;
     };
-    let headers = delivery_headers(ctx, &event, &metadata, CLOUDEVENTS_JSON);
+    let headers = delivery_headers(ctx, &prepared.head, &metadata, CLOUDEVENTS_JSON);
     let policy = &ctx.policy.retry;
     let mut retries = 0u32;
     loop {
@@ -276,7 +347,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
             ack.nack();
             return;
         }
-        let (verdict, _) = post(ctx, &path, body.clone(), &headers, classify).await;
+        let (verdict, _) = post(ctx, &path, prepared.body.clone(), &headers, classify).await;
         match verdict {
             Verdict::Success => {
                 ack.ack();
@@ -288,7 +359,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
                 return finish(
                     ctx,
                     ack,
-                    &event,
+                    prepared.event(),
                     DeadLetterReason::Drop,
                     &path,
                     &failures,
@@ -305,7 +376,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
                 return finish(
                     ctx,
                     ack,
-                    &event,
+                    prepared.event(),
                     DeadLetterReason::NotFound,
                     &path,
                     &failures,
@@ -325,7 +396,7 @@ pub async fn deliver(ctx: &SubscriptionContext, msg: Message) {
                     return finish(
                         ctx,
                         ack,
-                        &event,
+                        prepared.event(),
                         DeadLetterReason::RetriesExhausted,
                         &path,
                         &failures,

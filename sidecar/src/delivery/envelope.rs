@@ -1,10 +1,12 @@
 //! Dapr's CloudEvent envelope: wrapping a published body, completing a body that already is a
 //! CloudEvent, and wrapping a raw payload for raw subscribers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -103,22 +105,69 @@ fn is_binary(content_type: &str) -> bool {
     e == "application/octet-stream" || e == "application/cloudevents+protobuf"
 }
 
-/// The `data` / `data_base64` member for a body of `content_type`.
-fn data_member(body: &[u8], content_type: &str) -> (&'static str, Value) {
-    if is_json(content_type) {
-        if let Ok(v) = serde_json::from_slice::<Value>(body) {
-            return ("data", v);
-        }
+/// The value of one member of a written envelope.
+enum Member<'a> {
+    /// JSON text, written as it is.
+    Json(&'a [u8]),
+    Text(Cow<'a, str>),
+}
+
+/// Whether `body` is one complete JSON value (checked without building it).
+fn is_json_text(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
+}
+
+/// The `data` / `data_base64` member for a body of `content_type`: JSON as sent, text as a
+/// string, anything else base64.
+fn data_member<'a>(body: &'a [u8], content_type: &str) -> (&'static str, Member<'a>) {
+    if is_json(content_type) && is_json_text(body) {
+        return ("data", Member::Json(body));
     }
     if !is_binary(content_type) {
         if let Ok(text) = std::str::from_utf8(body) {
-            return ("data", Value::String(text.to_string()));
+            return ("data", Member::Text(Cow::Borrowed(text)));
         }
     }
-    (
-        "data_base64",
-        Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
-    )
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+    ("data_base64", Member::Text(Cow::Owned(encoded)))
+}
+
+/// A JSON object of `members`, in name order (as Go's encoder writes Dapr's envelope).
+fn write_object(members: &mut [(&str, Member<'_>)]) -> Vec<u8> {
+    members.sort_unstable_by_key(|(name, _)| *name);
+    let size: usize = members
+        .iter()
+        .map(|(name, member)| {
+            name.len()
+                + 8
+                + match member {
+                    Member::Json(raw) => raw.len(),
+                    Member::Text(text) => text.len() + 8,
+                }
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size + 2);
+    out.push(b'{');
+    for (index, (name, member)) in members.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match member {
+            Member::Json(raw) => out.extend_from_slice(raw),
+            Member::Text(text) => write_string(&mut out, text),
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// `text` as a JSON string.
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    // Writing into memory cannot fail, and a `str` always serializes.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 fn ttl_seconds(metadata: &BTreeMap<String, String>) -> Option<i64> {
@@ -135,38 +184,49 @@ fn override_of<'m>(metadata: &'m BTreeMap<String, String>, field: &str) -> Optio
         .filter(|v| !v.is_empty())
 }
 
-/// Wraps a published body in a new CloudEvent.
-pub fn wrap(body: &[u8], content_type: Option<&str>, ctx: &EnvelopeContext<'_>) -> Value {
+/// Wraps a published body in a new CloudEvent, as JSON text. A JSON body is embedded as sent
+/// (checked, not re-encoded), so large events cost one pass over their data.
+pub fn wrap(body: &[u8], content_type: Option<&str>, ctx: &EnvelopeContext<'_>) -> Vec<u8> {
     let content_type = content_type
         .filter(|c| !c.trim().is_empty())
         .unwrap_or(DEFAULT_CONTENT_TYPE);
-    let mut ce = Map::new();
-    let id = override_of(ctx.metadata, "id")
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    ce.insert("id".into(), Value::String(id));
+    let text = |s: &'static str| Member::Text(Cow::Borrowed(s));
+    let id = match override_of(ctx.metadata, "id") {
+        Some(id) => Cow::Borrowed(id),
+        None => Cow::Owned(uuid::Uuid::new_v4().to_string()),
+    };
     let source = override_of(ctx.metadata, "source").unwrap_or(if ctx.app_id.is_empty() {
         DEFAULT_SOURCE
     } else {
         ctx.app_id
     });
-    ce.insert("source".into(), source.into());
-    ce.insert(
-        "type".into(),
-        override_of(ctx.metadata, "type")
-            .unwrap_or(EVENT_TYPE)
-            .into(),
-    );
-    ce.insert("specversion".into(), SPEC_VERSION.into());
-    ce.insert("datacontenttype".into(), content_type.into());
-    let (member, data) = data_member(body, content_type);
-    ce.insert(member.into(), data);
+    let event_type = override_of(ctx.metadata, "type").unwrap_or(EVENT_TYPE);
+    let (data_name, data) = data_member(body, content_type);
+    let trace = TraceFields::of(ctx);
+    let mut members = vec![
+        ("id", Member::Text(id)),
+        ("source", Member::Text(Cow::Borrowed(source))),
+        ("type", Member::Text(Cow::Borrowed(event_type))),
+        ("specversion", text(SPEC_VERSION)),
+        ("datacontenttype", Member::Text(Cow::Borrowed(content_type))),
+        (data_name, data),
+        ("time", Member::Text(Cow::Owned(rfc3339(ctx.now)))),
+        ("topic", Member::Text(Cow::Borrowed(ctx.topic))),
+        ("pubsubname", Member::Text(Cow::Borrowed(ctx.pubsub))),
+        (
+            "traceparent",
+            Member::Text(Cow::Borrowed(trace.traceparent)),
+        ),
+        ("traceid", Member::Text(Cow::Borrowed(trace.traceparent))),
+        ("tracestate", Member::Text(Cow::Borrowed(trace.tracestate))),
+    ];
     if let Some(subject) = override_of(ctx.metadata, "subject") {
-        ce.insert("subject".into(), subject.into());
+        members.push(("subject", Member::Text(Cow::Borrowed(subject))));
     }
-    ce.insert("time".into(), rfc3339(ctx.now).into());
-    stamp(&mut ce, ctx, true);
-    Value::Object(ce)
+    if let Some(expiration) = expiration(ctx) {
+        members.push(("expiration", Member::Text(Cow::Owned(expiration))));
+    }
+    write_object(&mut members)
 }
 
 /// Completes a body sent as `application/cloudevents+json`: missing fields are filled,
@@ -197,41 +257,60 @@ pub fn complete(body: &[u8], ctx: &EnvelopeContext<'_>) -> Result<Value, Envelop
             ce.insert(field.into(), v.into());
         }
     }
-    stamp(&mut ce, ctx, false);
+    stamp(&mut ce, ctx);
     Ok(Value::Object(ce))
 }
 
-/// Sets topic, pubsub name, trace fields and expiration.
-fn stamp(ce: &mut Map<String, Value>, ctx: &EnvelopeContext<'_>, overwrite_trace: bool) {
+/// The trace context an envelope carries: `cloudevent.traceparent` (or `.traceid`) and
+/// `cloudevent.tracestate` metadata override the publishing request's.
+struct TraceFields<'a> {
+    traceparent: &'a str,
+    tracestate: &'a str,
+    overridden: bool,
+}
+
+impl<'a> TraceFields<'a> {
+    fn of(ctx: &EnvelopeContext<'a>) -> Self {
+        let given = override_of(ctx.metadata, "traceparent")
+            .or_else(|| override_of(ctx.metadata, "traceid"));
+        Self {
+            traceparent: given.unwrap_or(&ctx.trace.traceparent),
+            tracestate: override_of(ctx.metadata, "tracestate").unwrap_or(&ctx.trace.tracestate),
+            overridden: given.is_some(),
+        }
+    }
+}
+
+/// `expiration` for `ttlInSeconds`, when the broker has no TTL of its own.
+fn expiration(ctx: &EnvelopeContext<'_>) -> Option<String> {
+    if !ctx.stamp_expiration {
+        return None;
+    }
+    let ttl = ttl_seconds(ctx.metadata)?;
+    Some(rfc3339(ctx.now + chrono::Duration::seconds(ttl)))
+}
+
+/// Sets topic, pubsub name, trace fields (where the event has none, unless overridden) and
+/// expiration on a CloudEvent the app sent.
+fn stamp(ce: &mut Map<String, Value>, ctx: &EnvelopeContext<'_>) {
     ce.insert("topic".into(), ctx.topic.into());
     ce.insert("pubsubname".into(), ctx.pubsub.into());
-    let traceparent = override_of(ctx.metadata, "traceparent")
-        .or_else(|| override_of(ctx.metadata, "traceid"))
-        .unwrap_or(&ctx.trace.traceparent)
-        .to_string();
-    let tracestate = override_of(ctx.metadata, "tracestate")
-        .unwrap_or(&ctx.trace.tracestate)
-        .to_string();
-    let has_override = override_of(ctx.metadata, "traceparent").is_some()
-        || override_of(ctx.metadata, "traceid").is_some();
+    let trace = TraceFields::of(ctx);
     for (key, value) in [
-        ("traceparent", &traceparent),
-        ("traceid", &traceparent),
-        ("tracestate", &tracestate),
+        ("traceparent", trace.traceparent),
+        ("traceid", trace.traceparent),
+        ("tracestate", trace.tracestate),
     ] {
         let present = ce
             .get(key)
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty());
-        if overwrite_trace || has_override || !present {
-            ce.insert(key.into(), value.clone().into());
+        if trace.overridden || !present {
+            ce.insert(key.into(), value.into());
         }
     }
-    if ctx.stamp_expiration {
-        if let Some(ttl) = ttl_seconds(ctx.metadata) {
-            let expiration = ctx.now + chrono::Duration::seconds(ttl);
-            ce.insert("expiration".into(), rfc3339(expiration).into());
-        }
+    if let Some(expiration) = expiration(ctx) {
+        ce.insert("expiration".into(), expiration.into());
     }
 }
 
@@ -254,11 +333,9 @@ pub fn from_raw_payload(data: &[u8], pubsub: &str, topic: &str) -> Value {
     Value::Object(ce)
 }
 
-/// True when the event carries an `expiration` in the past.
-pub fn is_expired(event: &Value, now: DateTime<Utc>) -> bool {
-    event
-        .get("expiration")
-        .and_then(Value::as_str)
+/// True when an event's `expiration` is in the past.
+pub fn is_expired(expiration: Option<&str>, now: DateTime<Utc>) -> bool {
+    expiration
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .is_some_and(|exp| exp.with_timezone(&Utc) < now)
 }
@@ -267,6 +344,16 @@ pub fn is_expired(event: &Value, now: DateTime<Utc>) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The envelope `wrap` writes, parsed.
+    pub(super) fn wrapped(
+        body: &[u8],
+        content_type: Option<&str>,
+        ctx: &EnvelopeContext<'_>,
+    ) -> Value {
+        let text = wrap(body, content_type, ctx);
+        serde_json::from_slice(&text).expect("wrap writes JSON")
+    }
 
     fn ctx<'a>(md: &'a BTreeMap<String, String>, trace: &'a TraceContext) -> EnvelopeContext<'a> {
         EnvelopeContext {
@@ -286,7 +373,7 @@ mod tests {
     fn wraps_json_text_and_binary() {
         let md = BTreeMap::new();
         let trace = TraceContext::from_headers(None, None);
-        let ce = wrap(
+        let ce = wrapped(
             br#"{"orderId":1.5}"#,
             Some("application/json; charset=utf-8"),
             &ctx(&md, &trace),
@@ -303,14 +390,14 @@ mod tests {
         assert!(valid_traceparent(ce["traceparent"].as_str().unwrap()));
         assert!(ce.get("expiration").is_none());
 
-        let ce = wrap(b"hello", None, &ctx(&md, &trace));
+        let ce = wrapped(b"hello", None, &ctx(&md, &trace));
         assert_eq!(ce["data"], "hello");
         assert_eq!(ce["datacontenttype"], "text/plain");
 
-        let ce = wrap(b"not json", Some("application/json"), &ctx(&md, &trace));
+        let ce = wrapped(b"not json", Some("application/json"), &ctx(&md, &trace));
         assert_eq!(ce["data"], "not json");
 
-        let ce = wrap(
+        let ce = wrapped(
             &[0, 159, 146],
             Some("application/octet-stream"),
             &ctx(&md, &trace),
@@ -336,7 +423,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let trace = TraceContext::from_headers(None, None);
-        let ce = wrap(b"x", None, &ctx(&md, &trace));
+        let ce = wrapped(b"x", None, &ctx(&md, &trace));
         assert_eq!(ce["id"], "my-id");
         assert_eq!(ce["source"], "src");
         assert_eq!(ce["type"], "t");
@@ -375,14 +462,14 @@ mod tests {
         assert_eq!(ce["datacontenttype"], "application/octet-stream");
         let now = Utc::now();
         assert!(is_expired(
-            &json!({"expiration": rfc3339(now - chrono::Duration::seconds(5))}),
+            Some(&rfc3339(now - chrono::Duration::seconds(5))),
             now
         ));
         assert!(!is_expired(
-            &json!({"expiration": rfc3339(now + chrono::Duration::seconds(5))}),
+            Some(&rfc3339(now + chrono::Duration::seconds(5))),
             now
         ));
-        assert!(!is_expired(&json!({}), now));
+        assert!(!is_expired(None, now));
     }
 }
 
@@ -423,9 +510,9 @@ mod properties {
                 stamp_expiration: false,
                 now: Utc::now(),
             };
-            let ce = wrap(value.to_string().as_bytes(), Some("application/json"), &ctx);
+            let ce = tests::wrapped(value.to_string().as_bytes(), Some("application/json"), &ctx);
             prop_assert_eq!(&ce["data"], &value);
-            let ce = wrap(&bytes, Some("application/octet-stream"), &ctx);
+            let ce = tests::wrapped(&bytes, Some("application/octet-stream"), &ctx);
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(ce["data_base64"].as_str().unwrap())
                 .unwrap();

@@ -58,6 +58,16 @@ impl Routes {
         })
     }
 
+    /// As [`Routes::route`], asking for the event only when a rule has an expression (a
+    /// subscription with just a default route needs nothing from it).
+    pub fn route_with<'e>(&self, event: impl FnOnce() -> &'e Value) -> Option<&str> {
+        if self.rules.iter().any(|rule| rule.program.is_some()) {
+            self.route(event())
+        } else {
+            self.rules.first().map(|rule| rule.path.as_str())
+        }
+    }
+
     /// The path of the first rule that matches `event`, if any. A rule whose expression fails
     /// to evaluate (a missing field, a non-bool result) does not match.
     pub fn route(&self, event: &Value) -> Option<&str> {
