@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod naming;
 pub mod resiliency;
 pub mod runtime;
+pub mod trace_context;

@@ -10,6 +10,8 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::trace_context::{new_traceparent, parse_traceparent};
+
 pub const EVENT_TYPE: &str = "com.dapr.event.sent";
 pub const BULK_EVENT_TYPE: &str = "com.dapr.event.sent.bulk";
 pub const SPEC_VERSION: &str = "1.0";
@@ -34,7 +36,7 @@ impl TraceContext {
     /// The caller's context, or a new sampled one (Dapr starts a span for every publish).
     pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
         let traceparent = traceparent
-            .filter(|t| valid_traceparent(t))
+            .filter(|t| parse_traceparent(t).is_some())
             .map(str::to_string)
             .unwrap_or_else(new_traceparent);
         Self {
@@ -42,24 +44,6 @@ impl TraceContext {
             tracestate: tracestate.unwrap_or_default().to_string(),
         }
     }
-}
-
-fn valid_traceparent(t: &str) -> bool {
-    let parts: Vec<&str> = t.split('-').collect();
-    parts.len() == 4
-        && parts[0].len() == 2
-        && parts[1].len() == 32
-        && parts[2].len() == 16
-        && parts[3].len() == 2
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }
 
 /// Everything a published envelope is made from, besides the body.
@@ -177,10 +161,13 @@ fn ttl_seconds(metadata: &BTreeMap<String, String>) -> Option<i64> {
         .filter(|s| *s > 0)
 }
 
+/// `cloudevent.<field>` request metadata (looked up without building the key: most publishes
+/// carry no metadata at all).
 fn override_of<'m>(metadata: &'m BTreeMap<String, String>, field: &str) -> Option<&'m str> {
     metadata
-        .get(&format!("cloudevent.{field}"))
-        .map(String::as_str)
+        .iter()
+        .find(|(key, _)| key.strip_prefix("cloudevent.") == Some(field))
+        .map(|(_, value)| value.as_str())
         .filter(|v| !v.is_empty())
 }
 
@@ -387,7 +374,7 @@ mod tests {
         assert_eq!(ce["pubsubname"], "pubsub");
         assert_eq!(ce["time"], "2024-01-02T03:04:05Z");
         assert_eq!(ce["traceparent"], ce["traceid"]);
-        assert!(valid_traceparent(ce["traceparent"].as_str().unwrap()));
+        assert!(parse_traceparent(ce["traceparent"].as_str().unwrap()).is_some());
         assert!(ce.get("expiration").is_none());
 
         let ce = wrapped(b"hello", None, &ctx(&md, &trace));
