@@ -66,6 +66,10 @@ pub fn classify(status: u16, body: &[u8]) -> Verdict {
 
 /// The `status` member of a JSON object body; None for empty, non-JSON or status-less bodies.
 fn app_status(body: &[u8]) -> Option<String> {
+    // Most apps answer with an empty or plain body: no need to try parsing it.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let value: Value = serde_json::from_slice(body).ok()?;
     match value.get("status")? {
         Value::String(s) => Some(s.clone()),
