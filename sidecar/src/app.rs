@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Frame;
 use hyper::body::Incoming;
@@ -24,6 +25,8 @@ pub enum AppChannelError {
     Unhealthy,
     #[error("invalid request path {0:?}")]
     InvalidPath(String),
+    #[error("--app-channel-address {0:?} with the app port is not a valid host:port")]
+    InvalidAddress(String),
     #[error("error calling the app: {0}")]
     Transport(#[from] hyper_util::client::legacy::Error),
 }
@@ -49,7 +52,7 @@ pub struct AppChannelConfig {
 
 pub struct AppChannel {
     config: AppChannelConfig,
-    authority: String,
+    authority: Authority,
     client: Client<HttpConnector, Body>,
     limit: Option<Arc<Semaphore>>,
     token: Option<HeaderValue>,
@@ -58,7 +61,7 @@ pub struct AppChannel {
 }
 
 impl AppChannel {
-    pub fn new(config: AppChannelConfig) -> Self {
+    pub fn new(config: AppChannelConfig) -> Result<Self, AppChannelError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -70,10 +73,13 @@ impl AppChannel {
         } else {
             config.address.clone()
         };
+        let authority = format!("{host}:{}", config.port);
+        let authority = Authority::try_from(authority.as_str())
+            .map_err(|_| AppChannelError::InvalidAddress(config.address.clone()))?;
         // Until a probe succeeds, an app with health checks counts as unhealthy (as in Dapr).
         let healthy = config.health_check.is_none();
-        Self {
-            authority: format!("{host}:{}", config.port),
+        Ok(Self {
+            authority,
             limit: config
                 .max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
@@ -85,7 +91,7 @@ impl AppChannel {
             health_changed: tokio::sync::watch::channel(healthy).0,
             client,
             config,
-        }
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -134,19 +140,15 @@ impl AppChannel {
             Some(sem) => sem.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(path.as_str())
-            .build()
-            .map_err(|_| AppChannelError::InvalidPath(path.clone()))?;
-        *req.uri_mut() = uri;
+        // The path and query stay as parsed; only scheme and authority are added.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| AppChannelError::InvalidPath(e.to_string()))?;
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }

@@ -11,6 +11,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use parking_lot::RwLock;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,8 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-// Label values are shared or static where they can be, so recording a request allocates only
-// the two copies of the route template (one per metric family).
+// Label values are shared or static where they can be. They are built only the first time a
+// (method, route, status) is seen; after that the series is found in `Metrics::series`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     app_id: Arc<str>,
@@ -41,11 +42,26 @@ const LATENCY_BUCKETS_MS: [f64; 16] = [
     10000.0,
 ];
 
+/// At most this many (method, route, status) series are remembered; rarer ones are looked up
+/// by their labels each time.
+const MAX_REMEMBERED_SERIES: usize = 256;
+
+/// The counter and histogram one (method, route, status) records into: found again by a
+/// short scan instead of hashing every label of every request.
+struct Series {
+    method: Method,
+    path: Box<str>,
+    status: u16,
+    count: Counter,
+    latency: Histogram,
+}
+
 pub struct Metrics {
     app_id: Arc<str>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    series: RwLock<Vec<Series>>,
 }
 
 impl Metrics {
@@ -70,28 +86,50 @@ impl Metrics {
             registry,
             requests,
             latency,
+            series: RwLock::new(Vec::new()),
         }
     }
 
     /// Counts one API request and its latency.
     pub fn record(&self, method: &Method, path: &str, status: StatusCode, started: Instant) {
         let millis = started.elapsed().as_secs_f64() * 1000.0;
-        let method = method_label(method);
-        self.requests
+        let status = status.as_u16();
+        let same = |s: &Series| s.status == status && s.method == *method && &*s.path == path;
+        if let Some(series) = self.series.read().iter().find(|s| same(s)) {
+            series.count.inc();
+            series.latency.observe(millis);
+            return;
+        }
+        let label = method_label(method);
+        let count = self
+            .requests
             .get_or_create(&RequestLabels {
                 app_id: self.app_id.clone(),
-                method: method.clone(),
+                method: label.clone(),
                 path: path.to_string(),
-                status: status.as_u16(),
+                status,
             })
-            .inc();
-        self.latency
+            .clone();
+        let latency = self
+            .latency
             .get_or_create(&LatencyLabels {
                 app_id: self.app_id.clone(),
-                method,
+                method: label,
                 path: path.to_string(),
             })
-            .observe(millis);
+            .clone();
+        count.inc();
+        latency.observe(millis);
+        let mut remembered = self.series.write();
+        if remembered.len() < MAX_REMEMBERED_SERIES && !remembered.iter().any(same) {
+            remembered.push(Series {
+                method: method.clone(),
+                path: path.into(),
+                status,
+                count,
+                latency,
+            });
+        }
     }
 
     /// The text exposition format.
@@ -143,8 +181,22 @@ mod tests {
             StatusCode::OK,
             Instant::now(),
         );
+        m.record(
+            &Method::GET,
+            "/v1.0/metadata",
+            StatusCode::OK,
+            Instant::now(),
+        );
+        m.record(
+            &Method::GET,
+            "/v1.0/metadata",
+            StatusCode::NOT_FOUND,
+            Instant::now(),
+        );
         let text = m.render();
-        assert!(text.contains("dapr_http_server_request_count_total{app_id=\"orders\",method=\"GET\",path=\"/v1.0/metadata\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("dapr_http_server_request_count_total{app_id=\"orders\",method=\"GET\",path=\"/v1.0/metadata\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("dapr_http_server_request_count_total{app_id=\"orders\",method=\"GET\",path=\"/v1.0/metadata\",status=\"404\"} 1"), "{text}");
+        assert!(text.contains("dapr_http_server_latency_count{app_id=\"orders\",method=\"GET\",path=\"/v1.0/metadata\"} 3"), "{text}");
         assert!(text.contains("dapr_http_server_latency_bucket"), "{text}");
     }
 }

@@ -36,6 +36,8 @@ pub enum StartupError {
     Resources(#[from] tandem_components::spec::LoadError),
     #[error("{0}")]
     Components(#[from] ComponentSetError),
+    #[error("{0}")]
+    AppChannel(#[from] crate::app::AppChannelError),
     #[error("--app-protocol {0} is not supported; use http or h2c")]
     AppProtocol(String),
     #[error("{0}")]
@@ -266,7 +268,12 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         .iter()
         .flat_map(|c| c.secret_scopes.clone())
         .collect();
-    let app = settings.app.clone().map(|c| Arc::new(AppChannel::new(c)));
+    let app = settings
+        .app
+        .clone()
+        .map(AppChannel::new)
+        .transpose()?
+        .map(Arc::new);
     let settings_app_id = settings.app_id.clone();
     let resiliency = Resiliency::try_from_specs(&resources.resiliencies)?;
     let name_resolution = resources
