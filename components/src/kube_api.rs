@@ -150,7 +150,7 @@ impl KubeApi {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| transport(error_chain(&e)))?;
+                .map_err(|e| transport(crate::error_chain(&e)))?;
             let status = response.status();
             let bytes = response
                 .into_body()
@@ -190,17 +190,6 @@ fn status_message(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn https_client(

@@ -13,3 +13,15 @@ pub mod state;
 
 pub use metadata::{Metadata, MetadataError};
 pub use registry::{BuildContext, BuildError, Component};
+
+/// An error and its causes in one line (transport errors say little without their sources).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -5,11 +5,12 @@
 //! service name, path and caBundle) with a sidecar of the rendered image; the sidecar's role and
 //! the CRDs cover every `dapr.io` kind the sidecar reads.
 
+#[path = "support/injector.rs"]
+mod injector;
 #[path = "support/tls.rs"]
 mod tls;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -117,24 +118,8 @@ async fn the_rendered_injector_serves_the_webhook_the_chart_configures() {
         }
     }
     command_line.extend(["--listen-address".to_string(), "127.0.0.1".to_string()]);
-    let mut injector = tokio::process::Command::new(BIN);
-    injector.args(&command_line).kill_on_drop(true);
-    if std::env::var_os("TANDEM_TEST_LOGS").is_none() {
-        injector
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-    }
-    let _injector = injector.spawn().unwrap();
-    let up = tandem_testkit::eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(
-        up,
-        "the injector listens with the chart's arguments: {command_line:?}"
-    );
+    let injector_args: Vec<std::ffi::OsString> = command_line.iter().map(Into::into).collect();
+    let _injector = injector::start(BIN, &injector_args, &[], port).await;
 
     // Call it as the API server would: the service's DNS name, the path and the caBundle of the
     // webhook configuration.

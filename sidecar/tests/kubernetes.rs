@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tandem_testkit::{free_port, http, Sidecar};
 
+#[path = "support/injector.rs"]
+mod injector;
 #[path = "support/tls.rs"]
 mod tls;
 
@@ -334,35 +336,20 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
     std::fs::write(tls_dir.path().join("tls.crt"), &certs.cert_pem).unwrap();
     std::fs::write(tls_dir.path().join("tls.key"), &certs.key_pem).unwrap();
     let port = free_port();
-    let mut injector = tokio::process::Command::new(BIN);
-    injector
-        .args([
-            "injector",
-            "--port",
-            &port.to_string(),
-            "--listen-address",
-            "127.0.0.1",
-        ])
-        .arg("--tls-cert-file")
-        .arg(tls_dir.path().join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(tls_dir.path().join("tls.key"))
-        .args(["--sidecar-image", "example.org/tandem:test"])
-        .envs(env.iter().cloned())
-        .kill_on_drop(true);
-    if std::env::var_os("TANDEM_TEST_LOGS").is_none() {
-        injector
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-    }
-    let _injector = injector.spawn().unwrap();
-    let up = tandem_testkit::eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(up, "the injector listens");
+    let args: Vec<std::ffi::OsString> = vec![
+        "injector".into(),
+        "--port".into(),
+        port.to_string().into(),
+        "--listen-address".into(),
+        "127.0.0.1".into(),
+        "--tls-cert-file".into(),
+        tls_dir.path().join("tls.crt").into(),
+        "--tls-key-file".into(),
+        tls_dir.path().join("tls.key").into(),
+        "--sidecar-image".into(),
+        "example.org/tandem:test".into(),
+    ];
+    let _injector = injector::start(BIN, &args, &env, port).await;
 
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",

@@ -136,6 +136,7 @@ impl SidecarBuilder {
         }
         let mut child = cmd.spawn().expect("spawn tandem");
         let logs = Arc::new(Mutex::new(String::new()));
+        let mut collectors = Vec::new();
         for stream in [
             child
                 .stdout
@@ -150,7 +151,7 @@ impl SidecarBuilder {
         .flatten()
         {
             let logs = logs.clone();
-            tokio::spawn(async move {
+            collectors.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if std::env::var_os("TANDEM_TEST_LOGS").is_some() {
@@ -160,7 +161,7 @@ impl SidecarBuilder {
                     all.push_str(&line);
                     all.push('\n');
                 }
-            });
+            }));
         }
         Sidecar {
             child,
@@ -168,6 +169,7 @@ impl SidecarBuilder {
             metrics_port: self.metrics_port,
             app_id: self.app_id,
             logs,
+            collectors,
         }
     }
 
@@ -186,6 +188,8 @@ pub struct Sidecar {
     pub metrics_port: u16,
     pub app_id: String,
     logs: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `logs`.
+    collectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -249,9 +253,14 @@ impl Sidecar {
         }
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit and for what it printed to be in [`Sidecar::logs`] (the
+    /// last lines can still be in the pipes when the process is gone).
     pub async fn wait(&mut self) -> ExitStatus {
-        self.child.wait().await.expect("wait for tandem")
+        let status = self.child.wait().await.expect("wait for tandem");
+        for collector in self.collectors.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+        }
+        status
     }
 
     /// SIGKILL, as in a crash.

@@ -221,26 +221,14 @@ impl Forward {
                 Attempt::Answered(Response::from_parts(parts, Body::new(body)))
             }
             Err(e) if e.is_connect() => {
-                Attempt::NotDelivered(InvokeError::Unreachable(error_chain(&e)))
+                Attempt::NotDelivered(InvokeError::Unreachable(tandem_components::error_chain(&e)))
             }
             Err(e) => match body_error(&e, self.body_limit) {
                 too_large @ InvokeError::BodyTooLarge(_) => Attempt::Failed(too_large),
-                _ => Attempt::Failed(InvokeError::Unreachable(error_chain(&e))),
+                _ => Attempt::Failed(InvokeError::Unreachable(tandem_components::error_chain(&e))),
             },
         }
     }
-}
-
-/// The error and its causes in one line (hyper's top-level messages say little on their own).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 impl Service<Call> for Forward {
