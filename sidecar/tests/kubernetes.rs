@@ -385,7 +385,7 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
         .decode(response["patch"].as_str().unwrap())
         .unwrap();
     let ops: Vec<Value> = serde_json::from_slice(&patch).unwrap();
-    let injected = apply_patch(pod, &ops);
+    let injected = apply_patch(pod.clone(), &ops);
     let containers = injected["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2);
     assert_eq!(containers[1]["image"], "example.org/tandem:test");
@@ -428,6 +428,14 @@ async fn the_injector_patches_pods_and_prepares_the_cluster() {
     )
     .await;
     assert_eq!(status, 400);
+
+    // A dry run is patched but creates nothing.
+    let mut dry_run = review(pod.clone());
+    dry_run["request"]["dryRun"] = json!(true);
+    let (_, answer) = https_post(port, &certs.ca_pem, "127.0.0.1", "/mutate", dry_run).await;
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let services_path = format!("/api/v1/namespaces/{NAMESPACE}/services");
+    assert_eq!(api.requests(Method::POST, &services_path).len(), 1);
 
     // The injected container's arguments start a working sidecar. The test harness picks the
     // app id, free ports and a loopback address instead of the pod's fixed ones.
