@@ -157,7 +157,15 @@ pub async fn run(args: InjectorArgs) -> Result<(), InjectorError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait rather than spin.
+                        tracing::warn!("webhook accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let tls = tls.clone();
                 let service = TowerToHyperService::new(router.clone());
                 tokio::spawn(async move {
