@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tandem_components::pubsub::namespaced::NamespacedPubSub;
 use tandem_components::pubsub::PubSub;
 use tandem_components::registry::{self, BuildContext, Component};
 use tandem_components::secretstores::SecretStore;
@@ -88,11 +89,13 @@ impl ComponentSet {
         templates: &TemplateContext,
     ) -> Result<(Component, Metadata), String> {
         let mut metadata = Metadata::new();
+        let mut names_namespace = false;
         for (i, item) in spec.metadata.iter().enumerate() {
             let value = self
                 .resolve(spec, item)
                 .await
                 .map_err(|e| format!("spec.metadata[{i}] ({}): {e}", item.name))?;
+            names_namespace |= value.contains("{namespace}");
             metadata.insert(item.name.clone(), templates.expand(&value));
         }
         if spec.building_block() == "pubsub" {
@@ -105,6 +108,9 @@ impl ComponentSet {
         };
         let build = registry::build(&spec.component_type, &spec.version, metadata.clone(), ctx);
         match tokio::time::timeout(spec.init_timeout, build).await {
+            Ok(Ok(Component::PubSub(pubsub))) if names_namespace => {
+                Ok((namespaced(pubsub, templates), metadata))
+            }
             Ok(Ok(component)) => Ok((component, metadata)),
             Ok(Err(e)) => Err(format!("failed to initialise: {e}")),
             Err(_) => Err(format!(
@@ -186,5 +192,14 @@ impl ComponentSet {
         for c in self.components.iter().rev() {
             c.component.close().await;
         }
+    }
+}
+
+/// A pub/sub component whose metadata uses `{namespace}` keeps to its namespace's topics on the
+/// broker (`<namespace><topic>`), as in daprd; outside Kubernetes there is no namespace.
+fn namespaced(pubsub: Arc<dyn PubSub>, templates: &TemplateContext) -> Component {
+    match templates.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(namespace) => Component::PubSub(Arc::new(NamespacedPubSub::new(pubsub, namespace))),
+        None => Component::PubSub(pubsub),
     }
 }

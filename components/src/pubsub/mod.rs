@@ -9,6 +9,7 @@
 
 pub mod kafka;
 pub mod memory;
+pub mod namespaced;
 pub mod redis;
 
 use std::collections::BTreeMap;
