@@ -196,7 +196,7 @@ impl ComponentSet {
 }
 
 /// A pub/sub component whose metadata uses `{namespace}` keeps to its namespace's topics on the
-/// broker (`<namespace><topic>`), as in daprd; outside Kubernetes there is no namespace.
+/// broker (`<namespace><topic>`), as in daprd; without `NAMESPACE` topics stay as named.
 fn namespaced(pubsub: Arc<dyn PubSub>, templates: &TemplateContext) -> Component {
     match templates.namespace.as_deref().filter(|n| !n.is_empty()) {
         Some(namespace) => Component::PubSub(Arc::new(NamespacedPubSub::new(pubsub, namespace))),

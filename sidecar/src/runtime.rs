@@ -82,6 +82,10 @@ pub struct Settings {
 }
 
 impl Settings {
+    pub fn kubernetes_mode(&self) -> bool {
+        self.mode == "kubernetes"
+    }
+
     pub fn from_args(args: &SidecarArgs) -> Result<Self, StartupError> {
         let http2 = match args.app_protocol.as_str() {
             "http" => false,
@@ -171,7 +175,7 @@ impl Runtime {
 /// `~/.dapr/components`; `None` means the built-in defaults. In kubernetes mode only the flags
 /// count: the rest comes from the Kubernetes API.
 fn resources_paths(args: &SidecarArgs) -> Option<Vec<PathBuf>> {
-    if !args.resources_path.is_empty() || args.mode == "kubernetes" {
+    if !args.resources_path.is_empty() || args.kubernetes_mode() {
         return Some(args.resources_path.clone());
     }
     let home = std::env::var_os("HOME").map(PathBuf::from)?;
@@ -249,12 +253,12 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         .config
         .iter()
         .cloned()
-        .partition(|c| settings.mode != "kubernetes" || c.is_file());
+        .partition(|c| !settings.kubernetes_mode() || c.is_file());
     if !config_files.is_empty() {
         let configs = load_resources(&config_files, &settings.app_id)?;
         resources.configurations = configs.configurations;
     }
-    if settings.mode == "kubernetes" {
+    if settings.kubernetes_mode() {
         crate::kubernetes::load_resources(args, &settings, &config_names, &mut resources).await?;
     }
     let templates = TemplateContext {
@@ -282,7 +286,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         .find_map(|c| c.name_resolution.as_ref());
     let resolver = crate::naming::Resolver::from_config(
         name_resolution,
-        settings.mode == "kubernetes",
+        settings.kubernetes_mode(),
         settings.namespace.as_deref(),
     )?;
     tracing::info!("name resolution: {}", resolver.name());
@@ -489,7 +493,7 @@ async fn register_locally(
 > {
     use crate::naming::local_registry::{LocalRegistry, RegistryEntry};
     let settings = &rt.settings;
-    if settings.app_id.is_empty() || settings.mode == "kubernetes" {
+    if settings.app_id.is_empty() || settings.kubernetes_mode() {
         return Ok(None);
     }
     let registry = match rt.invoker.resolver() {
@@ -563,4 +567,30 @@ pub(crate) async fn watch_signals(shutdown: CancellationToken) {
         _ = shutdown.cancelled() => return,
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_the_host_lacks_is_skipped_while_another_works() {
+        // 192.0.2.1 (TEST-NET-1) is on no interface here.
+        let both = ["192.0.2.1".to_string(), "127.0.0.1".to_string()];
+        let listeners = bind_all(&both, 0).await.expect("loopback binds");
+        assert_eq!(listeners.len(), 1);
+        let only_missing = ["192.0.2.1".to_string()];
+        assert!(matches!(
+            bind_all(&only_missing, 0).await,
+            Err(StartupError::Bind { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_even_with_other_addresses() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let addresses = ["192.0.2.1".to_string(), "127.0.0.1".to_string()];
+        assert!(bind_all(&addresses, port).await.is_err());
+    }
 }

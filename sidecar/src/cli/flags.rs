@@ -235,6 +235,11 @@ impl SidecarArgs {
         Duration::from_secs(self.dapr_graceful_shutdown_seconds)
     }
 
+    /// `--mode kubernetes`.
+    pub fn kubernetes_mode(&self) -> bool {
+        self.mode == "kubernetes"
+    }
+
     /// The listen addresses: the comma list given, or every interface.
     pub fn listen_addresses(&self) -> Vec<String> {
         parse_addresses(self.dapr_listen_addresses.as_deref())
@@ -245,7 +250,7 @@ impl SidecarArgs {
     pub fn side_listen_addresses(&self, flag: Option<&str>) -> Vec<String> {
         match flag {
             Some(given) if !given.trim().is_empty() => parse_addresses(Some(given)),
-            _ if self.mode == "kubernetes" => vec!["0.0.0.0".to_string()],
+            _ if self.kubernetes_mode() => vec!["0.0.0.0".to_string()],
             _ => self.listen_addresses(),
         }
     }
@@ -324,6 +329,34 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SidecarArgs,
+    }
+
+    fn args(line: &[&str]) -> SidecarArgs {
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("daprd").chain(line.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn internal_and_public_ports_listen_outside_the_pod_in_kubernetes() {
+        let standalone = args(&["--dapr-listen-addresses", "[::1],127.0.0.1"]);
+        assert_eq!(standalone.listen_addresses(), ["::1", "127.0.0.1"]);
+        assert_eq!(standalone.side_listen_addresses(None), ["::1", "127.0.0.1"]);
+        let pod = args(&[
+            "--mode",
+            "kubernetes",
+            "--dapr-listen-addresses",
+            "[::1],127.0.0.1",
+        ]);
+        assert_eq!(pod.side_listen_addresses(None), ["0.0.0.0"]);
+        assert_eq!(pod.side_listen_addresses(Some("10.0.0.7")), ["10.0.0.7"]);
+        assert_eq!(args(&[]).listen_addresses(), ["0.0.0.0"]);
+    }
 
     #[test]
     fn byte_sizes() {
