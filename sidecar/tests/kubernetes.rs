@@ -254,7 +254,13 @@ async fn kubernetes_mode_reads_resources_and_secrets_from_the_api() {
         .send()
         .await
         .unwrap();
-    assert!(missing.status().is_client_error() || missing.status().is_server_error());
+    assert_eq!(missing.status().as_u16(), 500, "as daprd: ERR_SECRET_GET");
+    let error: Value = missing.json().await.unwrap();
+    assert_eq!(error["errorCode"], "ERR_SECRET_GET");
+    assert!(
+        error["message"].as_str().unwrap().contains("nope"),
+        "{error}"
+    );
     let denied = client
         .get(sidecar.url("/v1.0/secrets/kubernetes/hidden"))
         .send()
