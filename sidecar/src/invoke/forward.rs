@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
 use super::headers::{strip_hop_by_hop, INSTANCE_UNAVAILABLE};
-use super::tls::{client_config, https_client, HttpsClient};
+use super::tls::{client_config, https_client, HttpsClient, HTTP_ENDPOINT_TLS};
 use super::{body_error, Call, CallBody, InvokeError, InvokeTarget};
 use crate::naming::{Balancer, Resolver};
 
@@ -82,7 +82,8 @@ impl Forward {
         self.external
             .get_or_init(|| async {
                 // Reads certificate files: off the async workers.
-                match tokio::task::spawn_blocking(|| client_config(None)).await {
+                match tokio::task::spawn_blocking(|| client_config(None, &HTTP_ENDPOINT_TLS)).await
+                {
                     Ok(Ok(config)) => Some(https_client(config)),
                     Ok(Err(e)) => {
                         tracing::warn!("https invocation targets are unavailable: {e}");

@@ -8,7 +8,7 @@ use http::Uri;
 use serde_json::Value;
 use tandem_components::spec::{HttpEndpointSpec, MetadataSource, SecretKeyRef};
 
-use super::tls::{client_config, https_client, HttpsClient, TlsMaterial};
+use super::tls::{client_config, https_client, HttpsClient, TlsMaterial, HTTP_ENDPOINT_TLS};
 use super::InvokeError;
 use crate::component_set::ComponentSet;
 
@@ -161,8 +161,8 @@ pub async fn load_endpoints(
                         );
                     }
                 }
-                let config =
-                    client_config(Some(&material)).map_err(|e| context(format!("spec.{e}")))?;
+                let config = client_config(Some(&material), &HTTP_ENDPOINT_TLS)
+                    .map_err(|e| context(format!("spec.{e}")))?;
                 out.clients.insert(spec.name.clone(), https_client(config));
                 Some(material)
             }
