@@ -7,9 +7,11 @@ pub mod kube_api;
 pub mod metadata;
 pub mod pubsub;
 pub mod registry;
+pub mod resp;
 pub mod secretstores;
 pub mod spec;
 pub mod state;
+pub mod tls;
 
 pub use metadata::{Metadata, MetadataError};
 pub use registry::{BuildContext, BuildError, Component};

@@ -90,7 +90,7 @@ const TYPES: &[Entry] = &[
             Box::pin(async move {
                 let config = crate::pubsub::redis::RedisConfig::from_metadata(&md, &ctx.app_id)?;
                 Ok(Component::PubSub(Arc::new(
-                    crate::pubsub::redis::RedisPubSub::connect(config, &md).await?,
+                    crate::pubsub::redis::RedisPubSub::connect(config).await?,
                 )))
             })
         },

@@ -5,40 +5,138 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::{mpsc, watch};
 
 use super::{decode_metadata, RedisConfig, READ_BLOCK};
 use crate::pubsub::{AckHandle, Message, Settle, Settlement, SubscriptionFeed};
+use crate::resp::{Pool, Value};
 
 /// Most entry ids XACKed in one command.
 const ACK_BATCH: usize = 512;
 /// Waits between attempts after a Redis error grow up to this.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(2);
 
-pub(super) async fn ensure_group(
-    conn: &mut ConnectionManager,
-    topic: &str,
-    group: &str,
-) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(topic)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+/// Creates the consumer group at the start of the stream (and the stream), unless it exists.
+pub(super) async fn ensure_group(pool: &Pool, topic: &str, group: &str) -> Result<(), String> {
+    let reply = pool
+        .query_one(&[&"XGROUP", &"CREATE", &topic, &group, &"0", &"MKSTREAM"])
+        .await
+        .map_err(|e| e.to_string())?;
+    match reply {
+        Value::Error(e) if reply_code(&e) != "BUSYGROUP" => Err(e),
+        _ => Ok(()),
     }
 }
 
-fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOGROUP")
+fn reply_code(error: &str) -> &str {
+    error.split(' ').next().unwrap_or_default()
+}
+
+/// Why a stream command failed.
+enum StreamError {
+    /// The consumer group does not exist (Redis restarted empty, or someone deleted it).
+    NoGroup,
+    Other(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::NoGroup => f.write_str("the consumer group does not exist"),
+            StreamError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Runs one command; an error reply becomes a [`StreamError`].
+async fn stream_command(
+    pool: &Pool,
+    args: &[&(dyn AsRef<[u8]> + Sync)],
+) -> Result<Value, StreamError> {
+    match pool.query_one(args).await {
+        Ok(Value::Error(e)) if reply_code(&e) == "NOGROUP" => Err(StreamError::NoGroup),
+        Ok(Value::Error(e)) => Err(StreamError::Other(e)),
+        Ok(value) => Ok(value),
+        Err(e) => Err(StreamError::Other(e.to_string())),
+    }
+}
+
+/// One stream entry as XREADGROUP and XAUTOCLAIM return it.
+struct StreamEntry {
+    id: String,
+    data: Option<Bytes>,
+    metadata: Option<Bytes>,
+}
+
+impl StreamEntry {
+    /// `[id, [field, value, …]]`; the fields are nil for an entry deleted while pending.
+    fn parse(value: Value) -> Option<Self> {
+        let Value::Array(parts) = value else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let id = String::from_utf8(parts.next()?.as_bytes()?.to_vec()).ok()?;
+        let mut entry = StreamEntry {
+            id,
+            data: None,
+            metadata: None,
+        };
+        if let Some(Value::Array(fields)) = parts.next() {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(Value::Bulk(value))) = (fields.next(), fields.next()) {
+                match name.as_bytes() {
+                    Some(b"data") => entry.data = Some(value),
+                    Some(b"metadata") => entry.metadata = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    fn list(value: Value) -> Vec<StreamEntry> {
+        match value {
+            Value::Array(entries) => entries.into_iter().filter_map(Self::parse).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// XREADGROUP's reply for one stream: `[[stream, [entry, …]]]`, or nil when nothing came.
+fn read_reply_entries(reply: Value) -> Vec<StreamEntry> {
+    let Value::Array(streams) = reply else {
+        return Vec::new();
+    };
+    streams
+        .into_iter()
+        .filter_map(|stream| match stream {
+            Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
+            _ => None,
+        })
+        .flat_map(StreamEntry::list)
+        .collect()
+}
+
+/// XAUTOCLAIM's reply: `[next cursor, [entry, …], …]`.
+fn autoclaim_reply(reply: Value) -> Result<(String, Vec<StreamEntry>), StreamError> {
+    let malformed = || StreamError::Other(format!("unexpected XAUTOCLAIM reply {reply:?}"));
+    let Value::Array(parts) = &reply else {
+        return Err(malformed());
+    };
+    let cursor = parts
+        .first()
+        .and_then(Value::as_bytes)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .ok_or_else(malformed)?
+        .to_string();
+    let entries = parts
+        .get(1)
+        .cloned()
+        .map(StreamEntry::list)
+        .unwrap_or_default();
+    Ok((cursor, entries))
 }
 
 /// Entries handed to the subscriber and not yet settled; never handed out twice at once.
@@ -97,7 +195,7 @@ impl Settle for Acker {
 pub(super) struct Consumer {
     config: RedisConfig,
     topic: String,
-    conn: ConnectionManager,
+    pool: Arc<Pool>,
     in_flight: Arc<InFlight>,
     recently_acked: RecentlyAcked,
     acker: Arc<Acker>,
@@ -107,8 +205,8 @@ impl Consumer {
     pub(super) fn start(
         config: RedisConfig,
         topic: String,
-        conn: ConnectionManager,
-        reader: ConnectionManager,
+        pool: Arc<Pool>,
+        reader: Pool,
         feed: SubscriptionFeed,
         closed: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
@@ -121,7 +219,7 @@ impl Consumer {
             }),
             config,
             topic,
-            conn,
+            pool,
             in_flight,
             recently_acked: RecentlyAcked::default(),
         });
@@ -140,7 +238,6 @@ impl Consumer {
         mut rx: mpsc::UnboundedReceiver<(String, Settlement)>,
         mut closed: watch::Receiver<bool>,
     ) {
-        let mut conn = self.conn.clone();
         let mut batch: Vec<String> = Vec::new();
         loop {
             if batch.is_empty() {
@@ -168,16 +265,13 @@ impl Consumer {
             }
             let mut backoff = Duration::from_millis(50);
             loop {
-                let acked: redis::RedisResult<i64> = redis::cmd("XACK")
-                    .arg(&self.topic)
-                    .arg(self.group())
-                    .arg(&batch)
-                    .query_async(&mut conn)
-                    .await;
-                match acked {
+                let mut args: Vec<&(dyn AsRef<[u8]> + Sync)> =
+                    vec![&"XACK", &self.topic, &self.config.consumer_id];
+                args.extend(batch.iter().map(|id| id as &(dyn AsRef<[u8]> + Sync)));
+                match stream_command(&self.pool, &args).await {
                     Ok(_) => break,
                     // The group is gone (Redis restarted empty): nothing left to acknowledge.
-                    Err(e) if is_nogroup(&e) => break,
+                    Err(StreamError::NoGroup) => break,
                     Err(e) => {
                         if *closed.borrow() {
                             tracing::warn!(
@@ -208,7 +302,7 @@ impl Consumer {
         }
     }
 
-    async fn read_loop(self: Arc<Self>, mut reader: ConnectionManager, mut feed: SubscriptionFeed) {
+    async fn read_loop(self: Arc<Self>, reader: Pool, mut feed: SubscriptionFeed) {
         let mut backoff = Duration::from_millis(50);
         // First our own pending entries (left by a crash), then new ones.
         let mut pending_cursor = Some("0".to_string());
@@ -217,7 +311,7 @@ impl Consumer {
         let mut reclaim_at = tokio::time::Instant::now() + self.config.redeliver_interval;
         while !feed.is_stopped() {
             if reclaim_enabled && tokio::time::Instant::now() >= reclaim_at {
-                if let Err(e) = self.reclaim(&mut reader, &mut feed).await {
+                if let Err(e) = self.reclaim(&reader, &mut feed).await {
                     tracing::warn!(
                         "redis pub/sub: reclaiming pending entries of {} failed: {e}",
                         self.topic
@@ -225,34 +319,57 @@ impl Consumer {
                 }
                 reclaim_at = tokio::time::Instant::now() + self.config.redeliver_interval;
             }
-            let start = pending_cursor.clone().unwrap_or_else(|| ">".to_string());
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(self.group())
-                .arg(self.group())
-                .arg("COUNT")
-                .arg(self.config.queue_depth);
-            if pending_cursor.is_none() {
-                cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
-            }
-            cmd.arg("STREAMS").arg(&self.topic).arg(&start);
-            let read: redis::RedisResult<Option<StreamReadReply>> =
-                cmd.query_async(&mut reader).await;
+            let start = pending_cursor.as_deref().unwrap_or(">");
+            let count = self.config.queue_depth.to_string();
+            let block = READ_BLOCK.as_millis().to_string();
+            let group = self.group();
+            let read = if pending_cursor.is_some() {
+                stream_command(
+                    &reader,
+                    &[
+                        &"XREADGROUP",
+                        &"GROUP",
+                        &group,
+                        &group,
+                        &"COUNT",
+                        &count,
+                        &"STREAMS",
+                        &self.topic,
+                        &start,
+                    ],
+                )
+                .await
+            } else {
+                stream_command(
+                    &reader,
+                    &[
+                        &"XREADGROUP",
+                        &"GROUP",
+                        &group,
+                        &group,
+                        &"COUNT",
+                        &count,
+                        &"BLOCK",
+                        &block,
+                        &"STREAMS",
+                        &self.topic,
+                        &start,
+                    ],
+                )
+                .await
+            };
             let entries = match read {
                 Ok(reply) => {
                     backoff = Duration::from_millis(50);
-                    reply
-                        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                        .unwrap_or_default()
+                    read_reply_entries(reply)
                 }
                 Err(e) => {
-                    if is_nogroup(&e) {
+                    if matches!(e, StreamError::NoGroup) {
                         tracing::warn!(
                             "redis pub/sub: consumer group for {} is gone; recreating it",
                             self.topic
                         );
-                        let _ =
-                            ensure_group(&mut self.conn.clone(), &self.topic, self.group()).await;
+                        let _ = ensure_group(&self.pool, &self.topic, self.group()).await;
                     } else {
                         tracing::warn!(
                             "redis pub/sub: reading {} failed: {e}; retrying",
@@ -282,47 +399,47 @@ impl Consumer {
     }
 
     /// Claims entries pending longer than processingTimeout (a crashed consumer's, or nacked).
-    async fn reclaim(
-        &self,
-        reader: &mut ConnectionManager,
-        feed: &mut SubscriptionFeed,
-    ) -> redis::RedisResult<()> {
+    async fn reclaim(&self, reader: &Pool, feed: &mut SubscriptionFeed) -> Result<(), StreamError> {
         let mut cursor = "0-0".to_string();
+        let idle = self.config.processing_timeout.as_millis().to_string();
+        let count = self.config.queue_depth.to_string();
+        let group = self.group();
         loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&self.topic)
-                .arg(self.group())
-                .arg(self.group())
-                .arg(self.config.processing_timeout.as_millis() as u64)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(self.config.queue_depth)
-                .query_async(reader)
-                .await?;
-            for entry in reply.claimed {
+            let reply = stream_command(
+                reader,
+                &[
+                    &"XAUTOCLAIM",
+                    &self.topic,
+                    &group,
+                    &group,
+                    &idle,
+                    &cursor,
+                    &"COUNT",
+                    &count,
+                ],
+            )
+            .await?;
+            let (next, claimed) = autoclaim_reply(reply)?;
+            for entry in claimed {
                 if !self.hand_over(entry, feed).await {
                     return Ok(());
                 }
             }
-            if reply.next_stream_id == "0-0" || feed.is_stopped() {
+            if next == "0-0" || feed.is_stopped() {
                 return Ok(());
             }
-            cursor = reply.next_stream_id;
+            cursor = next;
         }
     }
 
     /// Gives one entry to the subscriber unless it is already in flight. False once stopped.
-    async fn hand_over(&self, entry: StreamId, feed: &mut SubscriptionFeed) -> bool {
+    async fn hand_over(&self, entry: StreamEntry, feed: &mut SubscriptionFeed) -> bool {
         if self.recently_acked.contains(&entry.id)
             || !self.in_flight.0.lock().insert(entry.id.clone())
         {
             return true;
         }
-        let data: Option<Vec<u8>> = entry
-            .map
-            .get("data")
-            .and_then(|v| redis::from_redis_value_ref(v).ok());
-        let Some(data) = data else {
+        let Some(data) = entry.data else {
             // Trimmed away (MAXLEN) or not written by a Dapr-compatible publisher: nothing to
             // deliver, so acknowledge it to keep the pending list clean.
             tracing::warn!(
@@ -333,11 +450,11 @@ impl Consumer {
             AckHandle::new(self.acker.clone(), entry.id).ack();
             return true;
         };
-        let metadata = decode_metadata(entry.map.get("metadata"));
+        let metadata = decode_metadata(entry.metadata.as_ref());
         let partition_key = metadata.get("partitionKey").cloned();
         let msg = Message {
             topic: self.topic.clone(),
-            data: data.into(),
+            data,
             metadata,
             position: entry.id.clone(),
             partition_key,

@@ -13,32 +13,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use bytes::Bytes;
 
 use super::{PubSub, PubSubError, PublishRequest, SubscribeRequest, Subscription};
 use super::{DEFAULT_CONCURRENCY, DEFAULT_QUEUE_DEPTH};
-use crate::metadata::{Metadata, MetadataError};
+use crate::metadata::Metadata;
 use crate::registry::BuildError;
+use crate::resp::{self, Commands, ConnectSettings, Pool, RetryPolicy, Value};
 
 /// Dapr's code defaults (the docs list them swapped).
 pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_REDELIVER_INTERVAL: Duration = Duration::from_secs(15);
-/// Every Redis call gives up after this long (the connection then reconnects).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one XREADGROUP waits for new entries before checking for shutdown.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub db: i64,
-    /// `enableTLS`: rustls, verified against the system roots or `caCert`; `clientCert` and
-    /// `clientKey` for mTLS (the same settings as state.redis).
-    pub tls: bool,
+    /// Address, credentials, database, TLS (`enableTLS`, `caCert`, `clientCert`, `clientKey`) and
+    /// timeouts, as for state.redis.
+    pub connection: ConnectSettings,
+    pub retry: RetryPolicy,
+    pub pool_size: usize,
     pub consumer_id: String,
     pub concurrency: usize,
     pub queue_depth: usize,
@@ -49,26 +44,11 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     pub fn from_metadata(md: &Metadata, app_id: &str) -> Result<Self, BuildError> {
-        let address = md.require("redisHost")?;
-        let (host, port) = match address.rsplit_once(':') {
-            Some((h, p)) => (
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>().map_err(|_| MetadataError::Invalid {
-                    field: "redisHost".into(),
-                    value: address.to_string(),
-                    expected: "host:port",
-                })?,
-            ),
-            None => (address.to_string(), 6379),
-        };
         let max_len = md.get_u64("maxLenApprox", 0)?;
         Ok(Self {
-            host,
-            port,
-            username: md.get_non_empty("redisUsername").map(str::to_string),
-            password: md.get_non_empty("redisPassword").map(str::to_string),
-            db: md.get_i64("redisDB", 0)?,
-            tls: md.get_bool("enableTLS", false)?,
+            connection: resp::connect_settings(md)?,
+            retry: resp::retry_policy(md)?,
+            pool_size: resp::pool_size(md)?,
             consumer_id: md.get_non_empty("consumerID").unwrap_or(app_id).to_string(),
             concurrency: md
                 .get_u64("concurrency", DEFAULT_CONCURRENCY as u64)?
@@ -88,41 +68,15 @@ impl RedisConfig {
         })
     }
 
-    fn client(&self, md: &Metadata) -> Result<redis::Client, BuildError> {
-        let mut settings = RedisConnectionInfo::default().set_db(self.db);
-        if let Some(user) = &self.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &self.password {
-            settings = settings.set_password(password);
-        }
-        let addr = if self.tls {
-            ConnectionAddr::TcpTls {
-                host: self.host.clone(),
-                port: self.port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(self.host.clone(), self.port)
-        };
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| BuildError::Init(format!("redisHost: {e}")))?
-            .set_redis_settings(settings)
-            .set_tcp_settings(crate::state::redis::tcp_settings());
-        if self.tls {
-            crate::state::redis::tls_client(md, info)
-        } else {
-            redis::Client::open(info).map_err(|e| BuildError::Init(format!("redisHost: {e}")))
-        }
+    fn address(&self) -> String {
+        format!("{}:{}", self.connection.host, self.connection.port)
     }
 }
 
 pub struct RedisPubSub {
     config: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Publishing, acknowledgements and group management.
+    pool: std::sync::Arc<Pool>,
     closed: tokio::sync::watch::Sender<bool>,
     /// The acknowledgement tasks, awaited at close so settled messages are XACKed before exit.
     ack_tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -131,123 +85,129 @@ pub struct RedisPubSub {
 /// How long `close` waits for outstanding acknowledgements to be written.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
-/// A connection that reconnects by itself after Redis restarts.
-async fn connect(
-    client: &redis::Client,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2))
-        .set_number_of_retries(3);
-    ConnectionManager::new_with_config(client.clone(), config).await
-}
-
 impl RedisPubSub {
-    pub async fn connect(config: RedisConfig, md: &Metadata) -> Result<Self, BuildError> {
-        let client = config.client(md)?;
-        let mut conn = connect(&client, RESPONSE_TIMEOUT).await.map_err(|e| {
-            BuildError::Init(format!(
-                "cannot connect to Redis at {}:{}: {e}",
-                config.host, config.port
-            ))
-        })?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
+    pub async fn connect(config: RedisConfig) -> Result<Self, BuildError> {
+        let pool = Pool::connect(config.connection.clone(), config.retry, config.pool_size)
             .await
-            .map_err(|e| BuildError::Init(format!("Redis PING failed: {e}")))?;
+            .map_err(|e| BuildError::Init(format!("redis at {}: {e}", config.address())))?;
+        match pool.query_one(&[&"PING"]).await {
+            Ok(Value::Error(e)) => {
+                return Err(BuildError::Init(format!("Redis PING failed: {e}")));
+            }
+            Err(e) => return Err(BuildError::Init(format!("Redis PING failed: {e}"))),
+            Ok(_) => {}
+        }
         Ok(Self {
             config,
-            client,
-            conn,
+            pool: std::sync::Arc::new(pool),
             closed: tokio::sync::watch::channel(false).0,
             ack_tasks: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
-    fn xadd(&self, req: &PublishRequest) -> Result<redis::Cmd, PubSubError> {
+    /// Appends an XADD for `req` to `commands`.
+    fn xadd(&self, commands: &mut Commands, req: &PublishRequest) -> Result<(), PubSubError> {
         let metadata = serde_json::to_string(&req.metadata).map_err(|e| PubSubError::Publish {
             topic: req.topic.clone(),
             message: e.to_string(),
         })?;
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&req.topic);
-        if let Some(max) = self.config.max_len_approx {
-            cmd.arg("MAXLEN").arg("~").arg(max);
-        }
-        cmd.arg("*")
-            .arg("data")
-            .arg(req.data.as_ref())
-            .arg("metadata")
-            .arg(metadata);
-        Ok(cmd)
+        match self.config.max_len_approx {
+            Some(max) => commands.push(&[
+                &"XADD",
+                &req.topic,
+                &"MAXLEN",
+                &"~",
+                &max.to_string(),
+                &"*",
+                &"data",
+                &req.data,
+                &"metadata",
+                &metadata,
+            ]),
+            None => commands.push(&[
+                &"XADD",
+                &req.topic,
+                &"*",
+                &"data",
+                &req.data,
+                &"metadata",
+                &metadata,
+            ]),
+        };
+        Ok(())
     }
+
+    /// A reader of its own: XREADGROUP blocks its connection.
+    async fn reader(&self) -> Result<Pool, resp::RespError> {
+        let mut settings = self.config.connection.clone();
+        settings.read_timeout += READ_BLOCK;
+        let no_retry = RetryPolicy {
+            max_retries: 0,
+            ..self.config.retry
+        };
+        Pool::connect(settings, no_retry, 1).await
+    }
+}
+
+/// An XADD reply: the new entry's id, or why there is none.
+fn xadd_outcome(reply: Result<&Value, &resp::RespError>, topic: &str) -> Result<(), PubSubError> {
+    let message = match reply {
+        Ok(Value::Error(e)) => e.clone(),
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    Err(PubSubError::Publish {
+        topic: topic.to_string(),
+        message,
+    })
 }
 
 #[async_trait]
 impl PubSub for RedisPubSub {
     async fn publish(&self, req: PublishRequest) -> Result<(), PubSubError> {
-        let cmd = self.xadd(&req)?;
-        let mut conn = self.conn.clone();
-        cmd.query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| PubSubError::Publish {
-                topic: req.topic,
-                message: e.to_string(),
-            })
+        let mut commands = Commands::new();
+        self.xadd(&mut commands, &req)?;
+        let reply = self.pool.query(&commands).await;
+        let reply = reply.as_ref().map(|r| r.first().unwrap_or(&Value::Nil));
+        xadd_outcome(reply, &req.topic)
     }
 
     async fn bulk_publish(&self, reqs: Vec<PublishRequest>) -> Vec<Result<(), PubSubError>> {
-        // One round trip for the batch; a failed batch fails every entry.
-        let mut pipe = redis::pipe();
-        let mut prepared = Vec::with_capacity(reqs.len());
-        for req in &reqs {
-            match self.xadd(req) {
-                Ok(cmd) => {
-                    pipe.add_command(cmd);
-                    prepared.push(None);
-                }
-                Err(e) => prepared.push(Some(e)),
-            }
-        }
-        let mut conn = self.conn.clone();
-        let outcome = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
-        reqs.into_iter()
+        // One round trip for the batch; each entry gets its own reply.
+        let mut commands = Commands::new();
+        let prepared: Vec<Option<PubSubError>> = reqs
+            .iter()
+            .map(|req| self.xadd(&mut commands, req).err())
+            .collect();
+        let outcome = self.pool.query(&commands).await;
+        let mut replies = outcome.as_ref().map(|r| r.iter());
+        reqs.iter()
             .zip(prepared)
-            .map(|(req, early)| match (early, &outcome) {
+            .map(|(req, early)| match (early, &mut replies) {
                 (Some(e), _) => Err(e),
-                (None, Ok(_)) => Ok(()),
-                (None, Err(e)) => Err(PubSubError::Publish {
-                    topic: req.topic,
-                    message: e.to_string(),
-                }),
+                (None, Ok(replies)) => {
+                    xadd_outcome(Ok(replies.next().unwrap_or(&Value::Nil)), &req.topic)
+                }
+                (None, Err(e)) => xadd_outcome(Err(e), &req.topic),
             })
             .collect()
     }
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, PubSubError> {
-        let reader = connect(&self.client, READ_BLOCK + RESPONSE_TIMEOUT)
+        let failed = |message: String| PubSubError::Subscribe {
+            topic: req.topic.clone(),
+            message,
+        };
+        let reader = self.reader().await.map_err(|e| failed(e.to_string()))?;
+        consumer::ensure_group(&self.pool, &req.topic, &self.config.consumer_id)
             .await
-            .map_err(|e| PubSubError::Subscribe {
-                topic: req.topic.clone(),
-                message: e.to_string(),
-            })?;
-        let mut conn = self.conn.clone();
-        consumer::ensure_group(&mut conn, &req.topic, &self.config.consumer_id)
-            .await
-            .map_err(|e| PubSubError::Subscribe {
-                topic: req.topic.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(failed)?;
         let (subscription, feed) =
             Subscription::new(self.config.queue_depth, self.config.concurrency);
         let acks = consumer::Consumer::start(
             self.config.clone(),
             req.topic,
-            conn,
+            self.pool.clone(),
             reader,
             feed,
             self.closed.subscribe(),
@@ -271,10 +231,9 @@ impl PubSub for RedisPubSub {
 }
 
 /// Decodes the `metadata` field written by [`RedisPubSub::publish`].
-fn decode_metadata(value: Option<&redis::Value>) -> BTreeMap<String, String> {
-    let bytes: Option<Vec<u8>> = value.and_then(|v| redis::from_redis_value_ref(v).ok());
-    bytes
-        .and_then(|b| serde_json::from_slice(&b).ok())
+fn decode_metadata(value: Option<&Bytes>) -> BTreeMap<String, String> {
+    value
+        .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or_default()
 }
 
@@ -293,7 +252,7 @@ mod tests {
         .into_iter()
         .collect();
         let c = RedisConfig::from_metadata(&md, "app").unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("localhost", 6380));
+        assert_eq!(c.address(), "localhost:6380");
         assert_eq!(c.consumer_id, "app");
         assert_eq!(c.concurrency, 10);
         assert_eq!(c.queue_depth, 100);
