@@ -9,8 +9,11 @@ use serde_json::Value;
 
 use super::StateError;
 
+/// Whether `data` is one complete JSON text (checked without building it; skipping a string
+/// does not check its UTF-8, so that is checked first).
 pub fn is_json(data: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
+    std::str::from_utf8(data).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
 }
 
 pub fn to_base64(data: &[u8]) -> String {
@@ -133,6 +136,7 @@ mod tests {
         assert!(is_canonical_jsonb("\"é\"".as_bytes()));
         assert!(!is_canonical_jsonb(b"\xff\x00"));
         assert!(!is_json(b"\xff\x00"));
+        assert!(!is_json(b"\"\xff\""));
         assert!(is_json(b" {\"a\":1} "));
     }
 }

@@ -13,15 +13,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use tandem_components::registry::Component;
 use tandem_components::state::options::KEY_SEPARATOR;
 use tandem_components::state::{
-    value, Concurrency, Consistency, DeleteRequest, GetRequest, SetRequest, StateError, StateItem,
-    StateStore, TransactionOperation, Ttl,
+    value, BulkGetResult, Concurrency, Consistency, DeleteRequest, GetRequest, SetRequest,
+    StateError, StateItem, StateStore, TransactionOperation, Ttl,
 };
 
 use super::body::{read_body, BodyLimit};
@@ -400,29 +400,57 @@ struct BulkGetBody {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-/// One entry of a bulk get response, as daprd's `BulkGetResponse` encodes it.
-#[derive(Debug, Serialize)]
-struct BulkGetEntry {
-    key: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    etag: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-/// `data` is the stored JSON as is; bytes that are not JSON are sent as a base64 string, as Go
-/// encodes a byte slice. (Validating the JSON is the one parse a value gets here.)
-fn bulk_data(data: &[u8]) -> Option<Box<RawValue>> {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(json) = RawValue::from_string(text.to_string()) {
-            return Some(json);
+/// The bulk get response, written directly (values are embedded, not parsed and encoded
+/// again): one entry per key, in order, as daprd's `BulkGetResponse` encodes it — `key`, then
+/// `data`, `etag` and `metadata` for a value, `error` for a failed key, nothing more for a
+/// missing one. `data` is the stored JSON as is; bytes that are not JSON are a base64 string,
+/// as Go encodes a byte slice.
+fn bulk_get_body(
+    keys: &[String],
+    results: Vec<BulkGetResult>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let size: usize = results
+        .iter()
+        .map(|r| match &r.result {
+            Ok(Some(item)) => item.data.len() * 4 / 3 + 64,
+            _ => 64,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size + 2);
+    out.push(b'[');
+    for (i, (key, r)) in keys.iter().zip(results).enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        out.extend_from_slice(b"{\"key\":");
+        serde_json::to_writer(&mut out, key)?;
+        match r.result {
+            Ok(Some(item)) => {
+                out.extend_from_slice(b",\"data\":");
+                if value::is_json(&item.data) {
+                    out.extend_from_slice(&item.data);
+                } else {
+                    serde_json::to_writer(&mut out, &value::to_base64(&item.data))?;
+                }
+                if let Some(etag) = &item.etag {
+                    out.extend_from_slice(b",\"etag\":");
+                    serde_json::to_writer(&mut out, etag)?;
+                }
+                if !item.metadata.is_empty() {
+                    out.extend_from_slice(b",\"metadata\":");
+                    serde_json::to_writer(&mut out, &item.metadata)?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.extend_from_slice(b",\"error\":");
+                serde_json::to_writer(&mut out, &e.to_string())?;
+            }
+        }
+        out.push(b'}');
     }
-    RawValue::from_string(serde_json::to_string(&value::to_base64(data)).ok()?).ok()
+    out.push(b']');
+    Ok(out)
 }
 
 async fn bulk_get(
@@ -455,35 +483,13 @@ async fn bulk_get(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let results = store.bulk_get(gets, parallelism).await;
-    let entries: Vec<BulkGetEntry> = req
-        .keys
-        .into_iter()
-        .zip(results)
-        .map(|(key, r)| match r.result {
-            Ok(Some(item)) => BulkGetEntry {
-                key,
-                data: bulk_data(&item.data),
-                etag: item.etag,
-                metadata: item.metadata,
-                error: None,
-            },
-            Ok(None) => BulkGetEntry {
-                key,
-                data: None,
-                etag: None,
-                metadata: BTreeMap::new(),
-                error: None,
-            },
-            Err(e) => BulkGetEntry {
-                key,
-                data: None,
-                etag: None,
-                metadata: BTreeMap::new(),
-                error: Some(e.to_string()),
-            },
-        })
-        .collect();
-    Ok(Json(entries).into_response())
+    let body = bulk_get_body(&req.keys, results).map_err(|e| {
+        ApiError::internal(
+            "ERR_STATE_BULK_GET",
+            format!("failed encoding the bulk get response: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,9 +594,53 @@ mod tests {
     }
 
     #[test]
-    fn bulk_data_keeps_json_and_encodes_binary() {
-        assert_eq!(bulk_data(br#"{"a":1}"#).unwrap().get(), r#"{"a":1}"#);
-        assert_eq!(bulk_data(br#""s""#).unwrap().get(), r#""s""#);
-        assert_eq!(bulk_data(b"\xff\x01").unwrap().get(), r#""/wE=""#);
+    fn bulk_get_body_keeps_json_encodes_binary_and_reports_errors() {
+        let item = |data: &'static [u8], etag: Option<&str>| {
+            Ok(Some(StateItem {
+                data: Bytes::from_static(data),
+                etag: etag.map(str::to_string),
+                metadata: BTreeMap::new(),
+            }))
+        };
+        let results = vec![
+            BulkGetResult {
+                key: "a".into(),
+                result: item(br#"{"a":1}"#, Some("1")),
+            },
+            BulkGetResult {
+                key: "s".into(),
+                result: item(br#""s""#, None),
+            },
+            BulkGetResult {
+                key: "b".into(),
+                result: item(b"\xff\x01", None),
+            },
+            BulkGetResult {
+                key: "q".into(),
+                result: item(b"\"\xff\"", None),
+            },
+            BulkGetResult {
+                key: "m".into(),
+                result: Ok(None),
+            },
+            BulkGetResult {
+                key: "e".into(),
+                result: Err(StateError::Backend("down".into())),
+            },
+        ];
+        let keys: Vec<String> = ["a", "s", "b", "q", "m", "e\"x"].map(String::from).to_vec();
+        let body = bulk_get_body(&keys, results).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                {"key": "a", "data": {"a": 1}, "etag": "1"},
+                {"key": "s", "data": "s"},
+                {"key": "b", "data": "/wE="},
+                {"key": "q", "data": "Iv8i"},
+                {"key": "m"},
+                {"key": "e\"x", "error": "down"},
+            ])
+        );
     }
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -96,15 +95,10 @@ enum Member<'a> {
     Text(Cow<'a, str>),
 }
 
-/// Whether `body` is one complete JSON value (checked without building it).
-fn is_json_text(body: &[u8]) -> bool {
-    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
-}
-
 /// The `data` / `data_base64` member for a body of `content_type`: JSON as sent, text as a
 /// string, anything else base64.
 fn data_member<'a>(body: &'a [u8], content_type: &str) -> (&'static str, Member<'a>) {
-    if is_json(content_type) && is_json_text(body) {
+    if is_json(content_type) && tandem_components::state::value::is_json(body) {
         return ("data", Member::Json(body));
     }
     if !is_binary(content_type) {
