@@ -104,7 +104,7 @@ fn read_value(
     if depth > MAX_DEPTH {
         return Err(ProtocolError("replies nested too deeply".into()));
     }
-    let Some(line) = read_line(buf, at) else {
+    let Some(line) = read_line(buf, at)? else {
         return Ok(None);
     };
     let (&kind, rest) = line
@@ -166,11 +166,19 @@ fn length(bytes: &[u8]) -> Result<Option<usize>, ProtocolError> {
 }
 
 /// The line at `*at` without its CRLF, moving `*at` past it.
-fn read_line<'b>(buf: &'b [u8], at: &mut usize) -> Option<&'b [u8]> {
-    let rest = buf.get(*at..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    *at += end + 2;
-    Some(&rest[..end])
+fn read_line<'b>(buf: &'b [u8], at: &mut usize) -> Result<Option<&'b [u8]>, ProtocolError> {
+    let Some(rest) = buf.get(*at..) else {
+        return Ok(None);
+    };
+    // A line holds no line feed, so the first one ends it.
+    let Some(newline) = memchr::memchr(b'\n', rest) else {
+        return Ok(None);
+    };
+    if newline == 0 || rest[newline - 1] != b'\r' {
+        return Err(ProtocolError("line not ended by CRLF".into()));
+    }
+    *at += newline + 1;
+    Ok(Some(&rest[..newline - 1]))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -178,10 +186,26 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn number(bytes: &[u8]) -> Result<i64, ProtocolError> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ProtocolError(format!("{:?} is not a number", text(bytes))))
+    let not_a_number = || ProtocolError(format!("{:?} is not a number", text(bytes)));
+    let (negative, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    // Up to 18 digits cannot overflow; longer ones take the checked path.
+    if digits.is_empty() || digits.len() > 18 {
+        return std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(not_a_number);
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(not_a_number());
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Ok(if negative { -n } else { n })
 }
 
 #[cfg(test)]
@@ -210,6 +234,10 @@ mod tests {
             Some("NOSCRIPT")
         );
         assert_eq!(parse_all(b":-42\r\n"), Value::Int(-42));
+        assert_eq!(
+            parse_all(b":-9223372036854775808\r\n"),
+            Value::Int(i64::MIN)
+        );
         assert_eq!(parse_all(b"$-1\r\n"), Value::Nil);
         assert_eq!(parse_all(b"*-1\r\n"), Value::Nil);
         assert_eq!(
@@ -242,7 +270,15 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in [&b"?x\r\n"[..], b":abc\r\n", b"$3\r\nabcd\r\n", b"\r\n"] {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":abc\r\n",
+            b":-\r\n",
+            b":1-2\r\n",
+            b"$3\r\nabcd\r\n",
+            b"\r\n",
+            b"+OK\n",
+        ] {
             let mut buf = BytesMut::from(bad);
             assert!(parse(&mut buf).is_err(), "{bad:?}");
         }
