@@ -945,15 +945,49 @@ fn make_certs(dir: &std::path::Path) {
         "-extfile",
         "san.ext",
     ]);
+    // A client identity signed by the same CA, for mutual TLS.
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=tandem-test-client",
+    ]);
+    // Extensions make it an X.509 v3 certificate, the only version rustls accepts.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_over_tls_with_a_private_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
-    let port = tandem_testkit::free_port();
-    let path = |f: &str| dir.path().join(f).display().to_string();
-    let mut server = tokio::process::Command::new("redis-server")
+/// A redis-server that speaks only TLS on `port`, with the certificates of [`make_certs`];
+/// `auth_clients` is `yes` to require a client certificate.
+async fn start_tls_redis(
+    dir: &std::path::Path,
+    port: u16,
+    auth_clients: &str,
+) -> tokio::process::Child {
+    let path = |f: &str| dir.join(f).display().to_string();
+    let server = tokio::process::Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -972,7 +1006,7 @@ async fn redis_over_tls_with_a_private_ca() {
             "--tls-ca-cert-file",
             &path("ca.crt"),
             "--tls-auth-clients",
-            "no",
+            auth_clients,
         ])
         .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
         .stdout(std::process::Stdio::null())
@@ -988,6 +1022,15 @@ async fn redis_over_tls_with_a_private_ca() {
         })
         .await
     );
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let port = tandem_testkit::free_port();
+    let mut server = start_tls_redis(dir.path(), port, "no").await;
     let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
     let resources = ResourcesDir::new();
     resources.write(
@@ -1030,4 +1073,73 @@ async fn redis_over_tls_with_a_private_ca() {
         .expect("the sidecar exits");
     assert!(!status.success());
     let _ = server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_mutual_tls_for_state_and_pubsub() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let port = tandem_testkit::free_port();
+    let _server = start_tls_redis(dir.path(), port, "yes").await;
+    let pem = |f: &str| json!(std::fs::read_to_string(dir.path().join(f)).unwrap());
+    let tls = format!(
+        "  - name: redisHost\n    value: \"127.0.0.1:{port}\"\n  - name: enableTLS\n    value: \"true\"\n  - name: caCert\n    value: {}\n",
+        pem("ca.crt")
+    );
+    let identity = format!(
+        "  - name: clientCert\n    value: {}\n  - name: clientKey\n    value: {}\n",
+        pem("client.crt"),
+        pem("client.key")
+    );
+    let resources = ResourcesDir::new();
+    resources.write(
+        "components.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n{tls}{identity}---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n{tls}{identity}"
+        ),
+    );
+    let sidecar = Sidecar::builder(BIN)
+        .resources(resources.path())
+        .start()
+        .await;
+    let client = http();
+    let resp = client
+        .post(sidecar.url("/v1.0/state/statestore"))
+        .json(&json!([{ "key": "mtls", "value": 1 }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
+    let resp = client
+        .get(sidecar.url("/v1.0/state/statestore/mtls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "1");
+    let resp = client
+        .post(sidecar.url("/v1.0/publish/pubsub/orders"))
+        .json(&json!({ "id": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
+
+    // Without a client certificate the server refuses the connection: start-up fails.
+    let anonymous = ResourcesDir::new();
+    anonymous.write(
+        "statestore.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  initTimeout: 3s\n  metadata:\n{tls}  - name: redisMaxRetries\n    value: \"0\"\n"
+        ),
+    );
+    let mut failing = Sidecar::builder(BIN).resources(anonymous.path()).spawn();
+    let status = tokio::time::timeout(Duration::from_secs(30), failing.wait())
+        .await
+        .expect("the sidecar exits");
+    assert!(!status.success());
+    let logs = failing.logs();
+    assert!(
+        logs.contains("statestore") && logs.contains(&format!("redis at 127.0.0.1:{port}")),
+        "{logs}"
+    );
 }

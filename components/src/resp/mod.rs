@@ -201,11 +201,13 @@ impl Connection {
         if settings.db != 0 {
             setup.push(&[&"SELECT", &settings.db.to_string()]);
         }
-        if !setup.is_empty() {
-            for reply in conn.exec(&setup, settings.read_timeout).await? {
-                if let Value::Error(e) = reply {
-                    return Err(RespError::Handshake(e));
-                }
+        // A PING proves the connection usable before it is pooled: a server that wants a
+        // password says so here, and one that refuses the TLS client certificate (which TLS 1.3
+        // reports only after the handshake) closes the connection here.
+        setup.push(&[&"PING"]);
+        for reply in conn.exec(&setup, settings.read_timeout).await? {
+            if let Value::Error(e) = reply {
+                return Err(RespError::Handshake(e));
             }
         }
         Ok(conn)

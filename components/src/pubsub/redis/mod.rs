@@ -90,13 +90,6 @@ impl RedisPubSub {
         let pool = Pool::connect(config.connection.clone(), config.retry, config.pool_size)
             .await
             .map_err(|e| BuildError::Init(format!("redis at {}: {e}", config.address())))?;
-        match pool.query_one(&[&"PING"]).await {
-            Ok(Value::Error(e)) => {
-                return Err(BuildError::Init(format!("Redis PING failed: {e}")));
-            }
-            Err(e) => return Err(BuildError::Init(format!("Redis PING failed: {e}"))),
-            Ok(_) => {}
-        }
         Ok(Self {
             config,
             pool: std::sync::Arc::new(pool),
