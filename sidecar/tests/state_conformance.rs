@@ -979,6 +979,16 @@ fn make_certs(dir: &std::path::Path) {
     ]);
 }
 
+/// Starts a sidecar on `resources` that must exit with a failure; returns its logs.
+async fn start_fails(resources: &ResourcesDir) -> String {
+    let mut failing = Sidecar::builder(BIN).resources(resources.path()).spawn();
+    let status = tokio::time::timeout(Duration::from_secs(30), failing.wait())
+        .await
+        .expect("the sidecar exits");
+    assert!(!status.success(), "{}", failing.logs());
+    failing.logs()
+}
+
 /// A redis-server that speaks only TLS on `port`, with the certificates of [`make_certs`];
 /// `auth_clients` is `yes` to require a client certificate.
 async fn start_tls_redis(
@@ -1067,11 +1077,7 @@ async fn redis_over_tls_with_a_private_ca() {
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  initTimeout: 3s\n  metadata:\n  - name: redisHost\n    value: \"127.0.0.1:{port}\"\n  - name: enableTLS\n    value: \"true\"\n  - name: redisMaxRetries\n    value: \"0\"\n"
         ),
     );
-    let mut failing = Sidecar::builder(BIN).resources(untrusted.path()).spawn();
-    let status = tokio::time::timeout(Duration::from_secs(30), failing.wait())
-        .await
-        .expect("the sidecar exits");
-    assert!(!status.success());
+    start_fails(&untrusted).await;
     let _ = server.kill().await;
 }
 
@@ -1132,12 +1138,7 @@ async fn redis_over_mutual_tls_for_state_and_pubsub() {
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  initTimeout: 3s\n  metadata:\n{tls}  - name: redisMaxRetries\n    value: \"0\"\n"
         ),
     );
-    let mut failing = Sidecar::builder(BIN).resources(anonymous.path()).spawn();
-    let status = tokio::time::timeout(Duration::from_secs(30), failing.wait())
-        .await
-        .expect("the sidecar exits");
-    assert!(!status.success());
-    let logs = failing.logs();
+    let logs = start_fails(&anonymous).await;
     assert!(
         logs.contains("statestore") && logs.contains(&format!("redis at 127.0.0.1:{port}")),
         "{logs}"

@@ -323,41 +323,13 @@ impl Consumer {
             let count = self.config.queue_depth.to_string();
             let block = READ_BLOCK.as_millis().to_string();
             let group = self.group();
-            let read = if pending_cursor.is_some() {
-                stream_command(
-                    &reader,
-                    &[
-                        &"XREADGROUP",
-                        &"GROUP",
-                        &group,
-                        &group,
-                        &"COUNT",
-                        &count,
-                        &"STREAMS",
-                        &self.topic,
-                        &start,
-                    ],
-                )
-                .await
-            } else {
-                stream_command(
-                    &reader,
-                    &[
-                        &"XREADGROUP",
-                        &"GROUP",
-                        &group,
-                        &group,
-                        &"COUNT",
-                        &count,
-                        &"BLOCK",
-                        &block,
-                        &"STREAMS",
-                        &self.topic,
-                        &start,
-                    ],
-                )
-                .await
-            };
+            let mut args: Vec<&(dyn AsRef<[u8]> + Sync)> =
+                vec![&"XREADGROUP", &"GROUP", &group, &group, &"COUNT", &count];
+            if pending_cursor.is_none() {
+                args.extend([&"BLOCK" as &(dyn AsRef<[u8]> + Sync), &block]);
+            }
+            args.extend([&"STREAMS" as &(dyn AsRef<[u8]> + Sync), &self.topic, &start]);
+            let read = stream_command(&reader, &args).await;
             let entries = match read {
                 Ok(reply) => {
                     backoff = Duration::from_millis(50);
