@@ -10,6 +10,7 @@ pub mod memory;
 pub mod options;
 pub mod postgres;
 pub mod postgres_connection;
+pub mod postgres_tls;
 pub mod redis;
 pub mod sqlite;
 pub mod value;

@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::task::JoinHandle;
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres::GenericClient;
 
 use super::options::{cleanup_interval, valid_identifier};
 use super::postgres_connection::normalize;
+use super::postgres_tls::{connector, SslSettings};
 use super::value::{expiry_from_millis, from_base64, is_canonical_jsonb, to_base64};
 use super::{
     DeleteRequest, Features, GetRequest, SetRequest, StateError, StateItem, StateStore,
@@ -89,17 +90,14 @@ pub struct PostgresStore {
     cleaner: Option<JoinHandle<()>>,
 }
 
-fn pg_config(md: &Metadata) -> Result<tokio_postgres::Config, BuildError> {
+/// The driver's configuration and the TLS settings, from `connectionString` or from `host`,
+/// `port`, `user`, `password` and `database`.
+fn pg_config(md: &Metadata) -> Result<(tokio_postgres::Config, SslSettings), BuildError> {
     if let Some(conn) = md.get_non_empty("connectionString") {
-        let config = tokio_postgres::Config::from_str(&normalize(conn))
+        let (text, ssl) = normalize(conn)?;
+        let config = tokio_postgres::Config::from_str(&text)
             .map_err(|e| BuildError::Init(format!("connectionString: {e}")))?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(BuildError::Init(
-                "sslmode=require: TLS connections to PostgreSQL are not supported by this build"
-                    .into(),
-            ));
-        }
-        return Ok(config);
+        return Ok((config, ssl));
     }
     let mut config = tokio_postgres::Config::new();
     config.host(md.require("host")?);
@@ -116,7 +114,7 @@ fn pg_config(md: &Metadata) -> Result<tokio_postgres::Config, BuildError> {
     if let Some(db) = md.get_non_empty("database") {
         config.dbname(db);
     }
-    Ok(config)
+    Ok((config, SslSettings::default()))
 }
 
 impl PostgresStore {
@@ -141,13 +139,13 @@ impl PostgresStore {
         let cleanup = cleanup_interval(md, DEFAULT_CLEANUP_INTERVAL)?;
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         let max_conns = md.get_u64("maxConns", cpus.max(4) as u64)?.clamp(1, 1000);
-        let mut config = pg_config(md)?;
+        let (mut config, ssl) = pg_config(md)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector(&ssl)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -179,7 +177,11 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
-        self.pool.get().await.map_err(backend)
+        // The causes say why a connection failed (a refused certificate, a wrong password).
+        self.pool
+            .get()
+            .await
+            .map_err(|e| backend(crate::error_chain(&e)))
     }
 
     async fn within<T>(
@@ -193,7 +195,7 @@ impl PostgresStore {
 }
 
 async fn migrate(pool: &Pool, table: &str, metadata_table: &str) -> Result<(), String> {
-    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let mut client = pool.get().await.map_err(|e| crate::error_chain(&e))?;
     let client: &mut tokio_postgres::Client = &mut client;
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_ID])
@@ -234,7 +236,7 @@ async fn clean_expired(pool: Pool, table: String, metadata_table: String, every:
     loop {
         tick.tick().await;
         let run = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let client = pool.get().await.map_err(|e| crate::error_chain(&e))?;
             let claimed = client
                 .execute(
                     &format!(
