@@ -14,7 +14,7 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tandem_components::pubsub::{PubSub, PublishRequest};
+use tandem_components::pubsub::{PubSub, PubSubError, PublishRequest};
 use tandem_components::registry::Component;
 
 use super::body::{read_body, BodyLimit};
@@ -266,6 +266,36 @@ fn entry_bytes(event: &Value, content_type: &str) -> Bytes {
     }
 }
 
+/// Bulk publish metadata: the most event bytes handed to the broker in one call.
+const MAX_BULK_PUB_BYTES: &str = "maxBulkPubBytes";
+
+/// Publishes `requests` in order, in broker calls of at most `max_bytes` of event data each (a
+/// larger event goes alone); one result per request.
+async fn publish_in_batches(
+    pubsub: &dyn PubSub,
+    requests: Vec<PublishRequest>,
+    max_bytes: Option<usize>,
+) -> Vec<Result<(), PubSubError>> {
+    let Some(max) = max_bytes else {
+        return pubsub.bulk_publish(requests).await;
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for request in requests {
+        if !batch.is_empty() && size + request.data.len() > max {
+            results.extend(pubsub.bulk_publish(std::mem::take(&mut batch)).await);
+            size = 0;
+        }
+        size += request.data.len();
+        batch.push(request);
+    }
+    if !batch.is_empty() {
+        results.extend(pubsub.bulk_publish(batch).await);
+    }
+    results
+}
+
 async fn bulk_publish(
     State(rt): State<Arc<Runtime>>,
     Path((pubsub_name, topic)): Path<(String, String)>,
@@ -277,8 +307,14 @@ async fn bulk_publish(
     let (pubsub, scopes) = lookup(&rt, &pubsub_name)?;
     let topic = topic.trim_start_matches('/').to_string();
     check_topic(&rt, &pubsub_name, &topic, &scopes)?;
-    let request_md = request_metadata(&query);
+    let mut request_md = request_metadata(&query);
     raw_payload(&request_md)?;
+    // A limit for the broker calls, not metadata for the messages. As in Dapr, a value that is
+    // not a number means no limit.
+    let max_batch_bytes = request_md
+        .remove(MAX_BULK_PUB_BYTES)
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0);
     let body = read_body(body, limit.map(|Extension(l)| l)).await?;
     let entries: Vec<BulkEntry> =
         serde_json::from_slice(&body).map_err(|e| events_error(&pubsub_name, &topic, e))?;
@@ -338,7 +374,7 @@ async fn bulk_publish(
             metadata,
         });
     }
-    let results = pubsub.bulk_publish(requests).await;
+    let results = publish_in_batches(pubsub.as_ref(), requests, max_batch_bytes).await;
     let failed: Vec<Value> = ids
         .iter()
         .zip(results)
@@ -364,4 +400,57 @@ async fn bulk_publish(
         resp.headers_mut().insert("metadata.error", v);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use tandem_components::pubsub::{SubscribeRequest, Subscription};
+
+    /// Records the size of each bulk call.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<usize>>);
+
+    #[async_trait::async_trait]
+    impl PubSub for Recorder {
+        async fn publish(&self, _req: PublishRequest) -> Result<(), PubSubError> {
+            Ok(())
+        }
+
+        async fn bulk_publish(&self, reqs: Vec<PublishRequest>) -> Vec<Result<(), PubSubError>> {
+            self.0.lock().push(reqs.len());
+            reqs.iter().map(|_| Ok(())).collect()
+        }
+
+        async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, PubSubError> {
+            Err(PubSubError::Subscribe {
+                topic: req.topic,
+                message: "not here".into(),
+            })
+        }
+    }
+
+    fn requests(sizes: &[usize]) -> Vec<PublishRequest> {
+        sizes
+            .iter()
+            .map(|n| PublishRequest {
+                topic: "t".into(),
+                data: Bytes::from(vec![b'x'; *n]),
+                content_type: None,
+                metadata: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn max_bulk_pub_bytes_splits_the_broker_calls() {
+        let broker = Recorder::default();
+        let results = publish_in_batches(&broker, requests(&[4, 4, 4, 10, 1]), Some(8)).await;
+        assert_eq!(results.len(), 5);
+        assert_eq!(*broker.0.lock(), vec![2, 1, 1, 1]);
+        let broker = Recorder::default();
+        publish_in_batches(&broker, requests(&[4, 4, 4]), None).await;
+        assert_eq!(*broker.0.lock(), vec![3]);
+    }
 }
