@@ -11,6 +11,7 @@ pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod naming;
+pub mod outbox;
 pub mod resiliency;
 pub mod runtime;
 pub mod trace_context;

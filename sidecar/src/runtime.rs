@@ -36,6 +36,8 @@ pub enum StartupError {
     Resources(#[from] tandem_components::spec::LoadError),
     #[error("{0}")]
     Components(#[from] ComponentSetError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
     #[error("{0}")]
     AppChannel(#[from] crate::app::AppChannelError),
     #[error("--app-protocol {0} is not supported; use http or h2c")]
@@ -158,6 +160,8 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     pub started: Instant,
     pub metrics: Arc<Metrics>,
+    /// Transactional outboxes, by state store name.
+    pub outboxes: BTreeMap<String, crate::outbox::OutboxConfig>,
 }
 
 impl Runtime {
@@ -267,6 +271,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         pod_name: std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()),
     };
     let components = ComponentSet::build(&resources.components, &templates).await?;
+    let outboxes = crate::outbox::configure(&components)?;
     let secret_scopes = resources
         .configurations
         .iter()
@@ -317,6 +322,7 @@ pub async fn initialise(args: &SidecarArgs) -> Result<Arc<Runtime>, StartupError
         shutdown: CancellationToken::new(),
         started,
         metrics: Arc::new(Metrics::new(&settings_app_id)),
+        outboxes,
     }))
 }
 
@@ -405,6 +411,7 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
 
     tokio::spawn(watch_signals(rt.shutdown.clone()));
     tokio::spawn(become_ready(rt.clone()));
+    let mut outbox_relays = crate::outbox::start_relays(&rt);
 
     rt.shutdown.cancelled().await;
     if let Some((registry, entry)) = registration {
@@ -419,6 +426,15 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     // Deliveries stop pulling and settle their messages while the components are still open.
     if !rt.delivery.drain(settings.graceful_shutdown).await {
         tracing::warn!("graceful shutdown period elapsed with deliveries still in flight");
+    }
+    // Outbox relays stop reading and finish the events they hold (unfinished ones stay with
+    // the broker).
+    let relays_done = tokio::time::timeout_at(graceful_deadline, async {
+        while outbox_relays.join_next().await.is_some() {}
+    })
+    .await;
+    if relays_done.is_err() {
+        outbox_relays.abort_all();
     }
     let drained = tokio::time::timeout_at(graceful_deadline, async {
         while servers.join_next().await.is_some() {}

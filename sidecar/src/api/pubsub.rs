@@ -132,7 +132,7 @@ fn raw_payload(metadata: &BTreeMap<String, String>) -> Result<bool, ApiError> {
     }
 }
 
-fn trace_of(headers: &HeaderMap) -> TraceContext {
+pub(crate) fn trace_of(headers: &HeaderMap) -> TraceContext {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     TraceContext::from_headers(h("traceparent"), h("tracestate"))
 }
@@ -150,7 +150,7 @@ fn cloud_event_error(pubsub: &str, topic: &str, e: impl std::fmt::Display) -> Ap
 
 /// The bytes to publish for one body: the raw payload, a completed CloudEvent, or a new one.
 #[allow(clippy::too_many_arguments)]
-fn envelope_bytes(
+pub(crate) fn envelope_bytes(
     rt: &Runtime,
     pubsub: &Arc<dyn PubSub>,
     pubsub_name: &str,

@@ -27,6 +27,7 @@ use tandem_components::state::{
 use super::body::{read_body, BodyLimit};
 use super::error::{state_error, ApiError};
 use super::secrets::request_metadata;
+use crate::outbox::{self, OutboxConfig};
 use crate::runtime::Runtime;
 
 /// Bulk get runs this many reads at once unless the request says otherwise.
@@ -492,6 +493,48 @@ async fn bulk_get(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// Publishes the transaction's events to the outbox's internal topic and adds their markers.
+async fn stage_outbox(
+    rt: &Runtime,
+    outbox: &OutboxConfig,
+    store: &dyn StateStore,
+    ops: &mut Vec<TransactionOperation>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let target = rt
+        .components
+        .pubsub(&outbox.publish_pubsub)
+        .ok_or_else(|| outbox_error(format!("pub/sub {} is not loaded", outbox.publish_pubsub)))?;
+    let trace = super::pubsub::trace_of(headers);
+    let envelope =
+        |data: &[u8], content_type: Option<&str>, metadata: &BTreeMap<String, String>| {
+            super::pubsub::envelope_bytes(
+                rt,
+                target,
+                &outbox.publish_pubsub,
+                &outbox.publish_topic,
+                data,
+                content_type,
+                metadata,
+                &trace,
+            )
+            .map_err(|e| e.to_string())
+        };
+    outbox::stage(
+        rt,
+        outbox,
+        ops,
+        |marker| store.options().stored_key(marker),
+        &envelope,
+    )
+    .await
+    .map_err(|e| outbox_error(e.to_string()))
+}
+
+fn outbox_error(message: String) -> ApiError {
+    ApiError::internal("ERR_PUBLISH_OUTBOX", message)
+}
+
 #[derive(Debug, Deserialize)]
 struct TransactionBody {
     #[serde(default)]
@@ -510,6 +553,7 @@ async fn transaction(
     State(rt): State<Arc<Runtime>>,
     Path(store_name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     limit: Option<Extension<BodyLimit>>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -568,6 +612,9 @@ async fn transaction(
             }
         };
         ops.push(parsed);
+    }
+    if let Some(outbox) = rt.outboxes.get(&store_name) {
+        stage_outbox(&rt, outbox, store.as_ref(), &mut ops, &headers).await?;
     }
     store.transact(ops).await.map_err(|e| {
         state_error(
