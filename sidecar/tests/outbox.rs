@@ -39,14 +39,8 @@ async fn transact(sc: &Sidecar, operations: Value) -> u16 {
         .as_u16()
 }
 
-fn upsert(key: &str, value: Value) -> Value {
-    json!({"operation": "upsert", "request": {"key": key, "value": value}})
-}
-
-#[tokio::test]
-async fn committed_upserts_are_published_once_and_failed_ones_never() {
-    let resources = ResourcesDir::new();
-    resources.write("components.yaml", RESOURCES);
+/// An app `shop` subscribed to `orders` on `pubsub`, and its sidecar on `resources`.
+async fn start_shop(resources: &ResourcesDir) -> (TestApp, Sidecar) {
     let app = TestApp::start(|req| {
         if req.path() == "/dapr/subscribe" {
             return Reply::json(
@@ -64,6 +58,18 @@ async fn committed_upserts_are_published_once_and_failed_ones_never() {
         .start()
         .await;
     sc.wait_ready().await;
+    (app, sc)
+}
+
+fn upsert(key: &str, value: Value) -> Value {
+    json!({"operation": "upsert", "request": {"key": key, "value": value}})
+}
+
+#[tokio::test]
+async fn committed_upserts_are_published_once_and_failed_ones_never() {
+    let resources = ResourcesDir::new();
+    resources.write("components.yaml", RESOURCES);
+    let (app, sc) = start_shop(&resources).await;
 
     let ops = json!([
         upsert("order-1", json!({"total": 5})),
@@ -181,23 +187,7 @@ async fn committed_upserts_are_published_through_redis() {
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: statestore}}\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - {{name: redisHost, value: \"{host}\"}}\n  - {{name: outboxPublishPubsub, value: pubsub}}\n  - {{name: outboxPublishTopic, value: orders}}\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: pubsub}}\nspec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n  - {{name: redisHost, value: \"{host}\"}}\n"
         ),
     );
-    let app = TestApp::start(|req| {
-        if req.path() == "/dapr/subscribe" {
-            return Reply::json(
-                200,
-                json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]),
-            );
-        }
-        Reply::json(200, json!({"status": "SUCCESS"}))
-    })
-    .await;
-    let mut sc = Sidecar::builder(env!("CARGO_BIN_EXE_tandem"))
-        .app_id("shop")
-        .app_port(app.port)
-        .resources(resources.path())
-        .start()
-        .await;
-    sc.wait_ready().await;
+    let (app, sc) = start_shop(&resources).await;
     let ops = json!([upsert("a", json!({"n": 1})), upsert("b", json!({"n": 2}))]);
     assert_eq!(transact(&sc, ops).await, 204, "{}", sc.logs());
     let events = app.wait_for(2, WAIT, |r| r.path() == "/orders").await;
