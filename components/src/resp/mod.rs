@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-pub use protocol::{ProtocolError, Value};
+pub use protocol::{error_code, ProtocolError, Value};
 pub use settings::{connect_settings, pool_size, retry_policy};
 
 /// Read buffer growth step.

@@ -26,10 +26,10 @@ pub enum Value {
 pub struct ProtocolError(pub String);
 
 impl Value {
-    /// The error reply's code: its first word (`NOSCRIPT`, `WRONGTYPE`, `ERR`, …).
+    /// The error reply's code (see [`error_code`]).
     pub fn error_code(&self) -> Option<&str> {
         match self {
-            Value::Error(text) => text.split(' ').next(),
+            Value::Error(text) => Some(error_code(text)),
             _ => None,
         }
     }
@@ -50,6 +50,11 @@ impl Value {
             other => std::str::from_utf8(other.as_bytes()?).ok()?.parse().ok(),
         }
     }
+}
+
+/// An error reply's code: its first word (`NOSCRIPT`, `WRONGTYPE`, `ERR`, …).
+pub fn error_code(text: &str) -> &str {
+    text.split(' ').next().unwrap_or_default()
 }
 
 /// Appends a command (its name and arguments, each as bytes) to `out`.

@@ -202,18 +202,32 @@ impl RedisStore {
         }
     }
 
-    fn set_args(&self, req: &SetRequest) -> Result<[Vec<u8>; 4], StateError> {
-        let version = Self::expected_version(req.etag.as_deref(), req.concurrency, &req.key)?;
-        Ok([
-            version.into_bytes(),
-            req.value.to_vec(),
-            if req.must_not_exist() {
-                b"1".to_vec()
-            } else {
-                b"0".to_vec()
-            },
-            self.ttl_seconds(req.ttl).to_string().into_bytes(),
-        ])
+    fn write_args(&self, req: &SetRequest) -> Result<WriteArgs, StateError> {
+        Ok(WriteArgs {
+            version: Self::expected_version(req.etag.as_deref(), req.concurrency, &req.key)?,
+            fresh: if req.must_not_exist() { b"1" } else { b"0" },
+            ttl: self.ttl_seconds(req.ttl).to_string(),
+        })
+    }
+}
+
+/// A write's script arguments besides its value.
+struct WriteArgs {
+    version: String,
+    fresh: &'static [u8],
+    ttl: String,
+}
+
+impl WriteArgs {
+    /// SET_SCRIPT's ARGV: expected version, data, must-not-exist flag, TTL seconds. The value
+    /// is borrowed, not copied.
+    fn argv<'a>(&'a self, value: &'a [u8]) -> [&'a [u8]; 4] {
+        [
+            self.version.as_bytes(),
+            value,
+            self.fresh,
+            self.ttl.as_bytes(),
+        ]
     }
 }
 
@@ -316,11 +330,14 @@ impl StateStore for RedisStore {
     }
 
     async fn set(&self, req: SetRequest) -> Result<(), StateError> {
-        let args = self.set_args(&req)?;
-        let args = args.each_ref().map(Vec::as_slice);
+        let args = self.write_args(&req)?;
         let reply = self
             .pool
-            .run_script(&self.set_script, &[req.key.as_bytes()], &args)
+            .run_script(
+                &self.set_script,
+                &[req.key.as_bytes()],
+                &args.argv(&req.value),
+            )
             .await
             .map_err(backend)?;
         script_outcome(reply, |_| {
@@ -352,8 +369,9 @@ impl StateStore for RedisStore {
             keys.push(op.key().as_bytes());
             match op {
                 TransactionOperation::Upsert(req) => {
-                    let [version, data, fresh, ttl] = self.set_args(req)?;
-                    args.extend([b"S".to_vec(), version, data, fresh, ttl]);
+                    let write = self.write_args(req)?;
+                    args.push(b"S".to_vec());
+                    args.extend(write.argv(&req.value).map(<[u8]>::to_vec));
                 }
                 TransactionOperation::Delete(req) => {
                     let version =

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{decode_metadata, RedisConfig, READ_BLOCK};
 use crate::pubsub::{AckHandle, Message, Settle, Settlement, SubscriptionFeed};
-use crate::resp::{Pool, Value};
+use crate::resp::{error_code, Pool, Value};
 
 /// Most entry ids XACKed in one command.
 const ACK_BATCH: usize = 512;
@@ -25,13 +25,9 @@ pub(super) async fn ensure_group(pool: &Pool, topic: &str, group: &str) -> Resul
         .await
         .map_err(|e| e.to_string())?;
     match reply {
-        Value::Error(e) if reply_code(&e) != "BUSYGROUP" => Err(e),
+        Value::Error(e) if error_code(&e) != "BUSYGROUP" => Err(e),
         _ => Ok(()),
     }
-}
-
-fn reply_code(error: &str) -> &str {
-    error.split(' ').next().unwrap_or_default()
 }
 
 /// Why a stream command failed.
@@ -56,7 +52,7 @@ async fn stream_command(
     args: &[&(dyn AsRef<[u8]> + Sync)],
 ) -> Result<Value, StreamError> {
     match pool.query_one(args).await {
-        Ok(Value::Error(e)) if reply_code(&e) == "NOGROUP" => Err(StreamError::NoGroup),
+        Ok(Value::Error(e)) if error_code(&e) == "NOGROUP" => Err(StreamError::NoGroup),
         Ok(Value::Error(e)) => Err(StreamError::Other(e)),
         Ok(value) => Ok(value),
         Err(e) => Err(StreamError::Other(e.to_string())),
