@@ -61,6 +61,18 @@ async fn start_shop(resources: &ResourcesDir) -> (TestApp, Sidecar) {
     (app, sc)
 }
 
+/// The saved value of `key`, as the state API returns it.
+async fn saved(sc: &Sidecar, key: &str) -> String {
+    http()
+        .get(sc.url(&format!("/v1.0/state/statestore/{key}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn upsert(key: &str, value: Value) -> Value {
     json!({"operation": "upsert", "request": {"key": key, "value": value}})
 }
@@ -86,14 +98,7 @@ async fn committed_upserts_are_published_once_and_failed_ones_never() {
     assert_eq!(event["topic"], "orders");
     assert_eq!(event["pubsubname"], "pubsub");
     assert_eq!(event["source"], "shop");
-    let stored = http()
-        .get(sc.url("/v1.0/state/statestore/order-2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stored = saved(&sc, "order-2").await;
     assert_eq!(stored, r#"{"total":7}"#);
 
     // A projection: the event carries the projected value; the store keeps the full one.
@@ -110,14 +115,7 @@ async fn committed_upserts_are_published_once_and_failed_ones_never() {
             .any(|e| e.json()["data"] == json!({"total": 9})),
         "{events:?}"
     );
-    let stored = http()
-        .get(sc.url("/v1.0/state/statestore/order-3"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stored = saved(&sc, "order-3").await;
     let stored: Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored, json!({"total": 9, "card": "4111"}));
 

@@ -979,6 +979,24 @@ fn make_certs(dir: &std::path::Path) {
     ]);
 }
 
+/// Saves `value` under `key` in `statestore` and reads back exactly its JSON text.
+async fn save_and_read_back(sidecar: &Sidecar, key: &str, value: Value) {
+    let client = http();
+    let resp = client
+        .post(sidecar.url("/v1.0/state/statestore"))
+        .json(&json!([{ "key": key, "value": value }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
+    let resp = client
+        .get(sidecar.url(&format!("/v1.0/state/statestore/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), value.to_string());
+}
+
 /// Starts a sidecar on `resources` that must exit with a failure; returns its logs.
 async fn start_fails(resources: &ResourcesDir) -> String {
     let mut failing = Sidecar::builder(BIN).resources(resources.path()).spawn();
@@ -1054,20 +1072,7 @@ async fn redis_over_tls_with_a_private_ca() {
         .resources(resources.path())
         .start()
         .await;
-    let client = http();
-    let resp = client
-        .post(sidecar.url("/v1.0/state/statestore"))
-        .json(&json!([{ "key": "secure", "value": { "tls": true } }]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
-    let resp = client
-        .get(sidecar.url("/v1.0/state/statestore/secure"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.text().await.unwrap(), r#"{"tls":true}"#);
+    save_and_read_back(&sidecar, "secure", json!({ "tls": true })).await;
 
     // Without the CA the server is not trusted and the component fails to initialise.
     let untrusted = ResourcesDir::new();
@@ -1108,21 +1113,8 @@ async fn redis_over_mutual_tls_for_state_and_pubsub() {
         .resources(resources.path())
         .start()
         .await;
-    let client = http();
-    let resp = client
-        .post(sidecar.url("/v1.0/state/statestore"))
-        .json(&json!([{ "key": "mtls", "value": 1 }]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{}", sidecar.logs());
-    let resp = client
-        .get(sidecar.url("/v1.0/state/statestore/mtls"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.text().await.unwrap(), "1");
-    let resp = client
+    save_and_read_back(&sidecar, "mtls", json!(1)).await;
+    let resp = http()
         .post(sidecar.url("/v1.0/publish/pubsub/orders"))
         .json(&json!({ "id": 1 }))
         .send()
