@@ -73,8 +73,12 @@ stop_traced() {
   wait "$sidecar" || true
 }
 
-# 1. Start-up and idle, without an app: what the idle-memory benchmark runs.
+# 1. Start-up and idle, without an app, on the embedded defaults and with an empty resources
+# path: what the idle-memory benchmark runs.
 start_traced idle --app-id recorder
+stop_traced
+mkdir "$work/no-resources"
+start_traced idle-no-resources --app-id recorder --resources-path "$work/no-resources"
 stop_traced
 
 # 2. With an app, serving the common requests.
@@ -97,6 +101,7 @@ sleep 1
 stop_traced
 
 # Start-up functions first, then those the app and the requests added.
-python3 scripts/startup_symbols.py "$work/tandem.map" "$work/idle.trace" "$work/requests.trace" \
-  >sidecar/link/startup-symbols.txt
-echo "$(wc -l <sidecar/link/startup-symbols.txt) symbols in sidecar/link/startup-symbols.txt"
+python3 scripts/startup_symbols.py "$work/tandem.map" "$work/idle.trace" \
+  "$work/idle-no-resources.trace" "$work/requests.trace" >sidecar/link/startup-symbols.txt
+echo "$(wc -l <sidecar/link/startup-symbols.txt) symbols in sidecar/link/startup-symbols.txt;" \
+  "the next cargo build --release -p tandem links with them"
