@@ -23,6 +23,7 @@ fn main() {
         .join("startup-symbols.txt");
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    println!("cargo:rerun-if-env-changed={LINKER_VARIABLE}");
     println!("cargo:rerun-if-env-changed=TANDEM_LINK_MAP");
     if links_with_lld() && order.is_file() {
         println!(
@@ -39,6 +40,8 @@ fn main() {
     }
 }
 
+const LINKER_VARIABLE: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER";
+
 /// Rust links x86_64 Linux binaries with its bundled LLD unless the build asks for another
 /// linker; only LLD understands `--symbol-ordering-file`.
 fn links_with_lld() -> bool {
@@ -47,6 +50,6 @@ fn links_with_lld() -> bool {
     let other_linker = flags.contains("linker=")
         || flags.contains("linker-flavor")
         || flags.contains("-lld")
-        || env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some();
+        || env::var_os(LINKER_VARIABLE).is_some();
     target == "x86_64-unknown-linux-gnu" && !other_linker
 }
