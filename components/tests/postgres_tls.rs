@@ -5,76 +5,21 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tandem_components::registry::{self, BuildContext, BuildError, Component};
 use tandem_components::state::{GetRequest, SetRequest, StateStore};
 use tandem_components::Metadata;
-use tandem_testkit::PostgresDb;
+use tandem_testkit::{PostgresDb, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// PostgreSQL's SSLRequest: length 8, then the code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    /// Writes the CA certificate to a file and returns its path.
-    fn write(&self, dir: &std::path::Path, name: &str) -> String {
-        let path = dir.join(name);
-        std::fs::write(&path, self.cert.pem()).unwrap();
-        path.display().to_string()
-    }
-
-    /// A certificate for `names` signed by this CA, and its key.
-    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.cert, &self.key)
-            .unwrap();
-        (cert, key)
-    }
-
-    /// A TLS server configuration with a certificate for `names`, signed by this CA; with
-    /// `clients_from`, clients must show a certificate signed by that CA.
-    fn server(&self, names: &[&str], clients_from: Option<&Ca>) -> rustls::ServerConfig {
-        let (cert, key) = self.issue(names);
-        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match clients_from {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.cert.der().clone()).unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        builder
-            .with_single_cert(vec![cert.der().clone()], key)
-            .unwrap()
-    }
+/// Writes `ca`'s certificate to a file in `dir` and returns its path.
+fn write_ca(ca: &TestCa, dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, ca.pem()).unwrap();
+    path.display().to_string()
 }
 
 /// The proxy's port and how many TLS sessions it relayed.
@@ -156,12 +101,12 @@ async fn round_trip(store: &dyn StateStore) {
 async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     let db = PostgresDb::create();
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    let root = ca.write(dir.path(), "root.crt");
-    let other_root = Ca::new().write(dir.path(), "other.crt");
+    let ca = TestCa::new("postgres test ca");
+    let root = write_ca(&ca, dir.path(), "root.crt");
+    let other_root = write_ca(&TestCa::new("other ca"), dir.path(), "other.crt");
     // One server whose certificate names the address the client dials, one that names another.
-    let named = tls_proxy(ca.server(&["127.0.0.1"], None)).await;
-    let misnamed = tls_proxy(ca.server(&["db.example"], None)).await;
+    let named = tls_proxy(ca.server_config(&["127.0.0.1"], None)).await;
+    let misnamed = tls_proxy(ca.server_config(&["db.example"], None)).await;
     let conn = |port: u16, tls: &str| {
         format!(
             "host=127.0.0.1 port={port} user=postgres dbname={} {tls}",
@@ -223,12 +168,10 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     round_trip(build(url).await.unwrap().as_ref()).await;
 
     // A server that wants a client certificate: sslcert and sslkey give one.
-    let strict = tls_proxy(ca.server(&["127.0.0.1"], Some(&ca))).await;
-    let (client_cert, client_key) = ca.issue(&["tandem-client"]);
+    let strict = tls_proxy(ca.server_config(&["127.0.0.1"], Some(&ca))).await;
+    ca.issue_files(&["tandem-client"], dir.path(), "client");
     let cert_path = dir.path().join("client.crt");
     let key_path = dir.path().join("client.key");
-    std::fs::write(&cert_path, client_cert.pem()).unwrap();
-    std::fs::write(&key_path, client_key.serialize_pem()).unwrap();
     let identity = format!(
         "{verify_full} sslcert={} sslkey={}",
         cert_path.display(),

@@ -13,7 +13,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tandem::naming::local_registry::LocalRegistry;
-use tandem_testkit::{eventually, free_port, http, Reply, ResourcesDir, Sidecar, TestApp};
+use tandem_testkit::{eventually, free_port, http, Reply, ResourcesDir, Sidecar, TestApp, TestCa};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -886,64 +886,11 @@ async fn external_urls_and_http_endpoints() {
     assert_eq!(resp.text().await.unwrap(), "/direct auth=-");
 }
 
-/// A test certificate authority.
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    /// A leaf certificate for `names`, and its key.
-    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.cert, &self.key)
-            .unwrap();
-        (cert, key)
-    }
-}
-
 /// An HTTPS server with a certificate from a fresh test CA (requiring client certificates from
 /// `client_ca` when given); returns its port and the server CA's PEM.
 async fn tls_app(client_ca: Option<&TestCa>) -> (u16, String) {
     let ca = TestCa::new("tandem test ca");
-    let (leaf, leaf_key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(client_ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(client_ca.cert.der().clone()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let config = builder
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
+    let config = ca.server_config(&["localhost", "127.0.0.1"], client_ca);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -975,7 +922,7 @@ async fn tls_app(client_ca: Option<&TestCa>) -> (u16, String) {
             });
         }
     });
-    (port, ca.cert.pem())
+    (port, ca.pem())
 }
 
 #[tokio::test]

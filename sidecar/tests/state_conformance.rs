@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_testkit::{eventually, http, PostgresDb, RedisServer, ResourcesDir, Sidecar};
+use tandem_testkit::{eventually, http, PostgresDb, RedisServer, ResourcesDir, Sidecar, TestCa};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -886,97 +886,13 @@ async fn no_state_store_is_not_configured() {
     );
 }
 
-/// Writes a CA and a server certificate for 127.0.0.1 (openssl CLI) into `dir`.
+/// Writes a CA (`ca.crt`), a server certificate for 127.0.0.1 (`server.crt`, `server.key`) and,
+/// for mutual TLS, a client identity (`client.crt`, `client.key`) signed by it into `dir`.
 fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl must be installed");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tandem-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    // A client identity signed by the same CA, for mutual TLS.
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
-        "/CN=tandem-test-client",
-    ]);
-    // Extensions make it an X.509 v3 certificate, the only version rustls accepts.
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "client.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
+    let ca = TestCa::new("tandem-test-ca");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    ca.issue_files(&["127.0.0.1"], dir, "server");
+    ca.issue_files(&["tandem-test-client"], dir, "client");
 }
 
 /// Saves `value` under `key` in `statestore` and reads back exactly its JSON text.

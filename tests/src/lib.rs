@@ -1,5 +1,6 @@
 //! Harness for Tandem's end-to-end tests: the real `tandem` binary on free ports, resource
-//! directories, scripted in-process test apps and private `redis-server` instances.
+//! directories, scripted in-process test apps, private `redis-server` instances and a throwaway
+//! certificate authority.
 //!
 //! Every helper picks free ports and temporary directories, so tests never share state.
 #![forbid(unsafe_code)]
@@ -8,11 +9,13 @@ mod app;
 mod postgres;
 mod redis;
 mod sidecar;
+mod tls;
 
 pub use app::{RecordedRequest, Reply, TestApp};
 pub use postgres::PostgresDb;
 pub use redis::RedisServer;
 pub use sidecar::{ResourcesDir, Sidecar, SidecarBuilder};
+pub use tls::TestCa;
 
 use std::time::Duration;
 

@@ -17,19 +17,8 @@ pub struct Certificates {
 
 impl Certificates {
     pub fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "fake cluster ca");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let ca = tandem_testkit::TestCa::new("fake cluster ca");
+        let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]);
         Self {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
