@@ -11,13 +11,14 @@ use axum::body::Body;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Frame;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+use crate::http1_pool::{Http1Error, Http1Pool, PoolSettings, PooledBody};
 
 #[derive(Debug, Error)]
 pub enum AppChannelError {
@@ -28,7 +29,27 @@ pub enum AppChannelError {
     #[error("--app-channel-address {0:?} with the app port is not a valid host:port")]
     InvalidAddress(String),
     #[error("error calling the app: {0}")]
-    Transport(#[from] hyper_util::client::legacy::Error),
+    Transport(#[from] Http1Error),
+    #[error("error calling the app over h2c: {0}")]
+    H2cTransport(#[from] hyper_util::client::legacy::Error),
+}
+
+impl AppChannelError {
+    /// Nothing reached the app: it is not listening (not started yet, or gone).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            AppChannelError::Transport(e) => e.is_connect(),
+            AppChannelError::H2cTransport(e) => e.is_connect(),
+            _ => false,
+        }
+    }
+}
+
+/// HTTP/1.1 on pooled keep-alive connections, or HTTP/2 without TLS (`--app-protocol h2c`) on
+/// one multiplexed connection.
+enum AppClient {
+    Http1(Arc<Http1Pool>),
+    H2c(Box<Client<HttpConnector, Body>>),
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +74,7 @@ pub struct AppChannelConfig {
 pub struct AppChannel {
     config: AppChannelConfig,
     authority: Authority,
-    client: Client<HttpConnector, Body>,
+    client: AppClient,
     limit: Option<Arc<Semaphore>>,
     token: Option<HeaderValue>,
     healthy: AtomicBool,
@@ -62,12 +83,23 @@ pub struct AppChannel {
 
 impl AppChannel {
     pub fn new(config: AppChannelConfig) -> Result<Self, AppChannelError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(config.http2)
-            .build(connector);
+        let idle_timeout = Duration::from_secs(90);
+        let client = if config.http2 {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            AppClient::H2c(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(idle_timeout)
+                    .http2_only(true)
+                    .build(connector),
+            ))
+        } else {
+            AppClient::Http1(Http1Pool::new(PoolSettings {
+                connect_timeout: None,
+                idle_timeout,
+                max_idle_per_authority: usize::MAX,
+            }))
+        };
         let host = if config.address.contains(':') {
             format!("[{}]", config.address)
         } else {
@@ -140,19 +172,29 @@ impl AppChannel {
             Some(sem) => sem.clone().acquire_owned().await.ok(),
             None => None,
         };
-        // The path and query stay as parsed; only scheme and authority are added.
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| AppChannelError::InvalidPath(e.to_string()))?;
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
-        let resp = self.client.request(req).await?;
+        let resp = match &self.client {
+            AppClient::Http1(pool) => {
+                if req.uri().path_and_query().is_none() {
+                    *req.uri_mut() = Uri::from_static("/");
+                }
+                pool.send(&self.authority, req).await?
+            }
+            AppClient::H2c(client) => {
+                // The path and query stay as parsed; only scheme and authority are added.
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(self.authority.clone());
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                *req.uri_mut() = Uri::from_parts(parts)
+                    .map_err(|e| AppChannelError::InvalidPath(e.to_string()))?;
+                client.request(req).await?.map(PooledBody::unpooled)
+            }
+        };
         Ok(resp.map(|inner| AppBody {
             inner,
             _permit: permit,
@@ -218,7 +260,7 @@ impl AppChannel {
 
 /// A response body from the app that keeps its concurrency permit until it is done.
 pub struct AppBody {
-    inner: Incoming,
+    inner: PooledBody,
     _permit: Option<OwnedSemaphorePermit>,
 }
 

@@ -450,15 +450,23 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
 }
 
 /// Serves `router` on `listener` until shutdown, then lets in-flight requests finish. Handlers
-/// see the peer address (`ConnectInfo`), which invocation stamps as X-Forwarded-For.
+/// see the peer address (`ConnectInfo`), which invocation stamps as X-Forwarded-For. Accepted
+/// connections send without Nagle's delay, as the clients' sides already do (a response
+/// written in two parts must not wait for the peer's delayed ACK).
 fn spawn_server(
     servers: &mut tokio::task::JoinSet<()>,
     listener: TcpListener,
     router: axum::Router,
     shutdown: &CancellationToken,
 ) {
+    use axum::serve::ListenerExt;
     let stop = shutdown.clone();
     servers.spawn(async move {
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
+            }
+        });
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, service)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -487,9 +495,12 @@ async fn serve_internal(
         .unwrap_or_default();
     // Other addresses share the port the first one got.
     listeners.extend(bind_all(&rest, port).await?);
-    let router = crate::invoke::internal::router(rt.clone());
     for listener in listeners {
-        spawn_server(servers, listener, router.clone(), &rt.shutdown);
+        servers.spawn(crate::invoke::internal::serve(
+            rt.clone(),
+            listener,
+            rt.shutdown.clone(),
+        ));
     }
     tracing::info!("internal invocation port {port} (HTTP)");
     Ok(port)

@@ -10,15 +10,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use http::uri::Authority;
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
 use super::headers::{strip_hop_by_hop, INSTANCE_UNAVAILABLE};
 use super::tls::{client_config, https_client, HttpsClient, HTTP_ENDPOINT_TLS};
 use super::{body_error, Call, CallBody, InvokeError, InvokeTarget};
+use crate::http1_pool::{Http1Pool, PoolSettings};
 use crate::naming::{Balancer, Resolver};
 
 /// Idle keep-alive connections to peers are closed after this long.
@@ -28,8 +27,8 @@ const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
 #[derive(Clone)]
 pub struct Forward {
-    /// To peer sidecars (plain HTTP).
-    client: Client<HttpConnector, Body>,
+    /// To peer sidecars (plain HTTP/1.1).
+    peers: Arc<Http1Pool>,
     /// To external services (`http` and `https`), built on first use (loading the system's
     /// root certificates is not worth delaying every start-up for); `None` when no trusted root
     /// certificates could be loaded, in which case only `http` endpoints work.
@@ -57,15 +56,13 @@ impl Forward {
         endpoint_clients: HashMap<String, HttpsClient>,
         body_limit: u64,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
+        let peers = Http1Pool::new(PoolSettings {
+            connect_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: POOL_IDLE_TIMEOUT,
+            max_idle_per_authority: POOL_MAX_IDLE_PER_HOST,
+        });
         Self {
-            client,
+            peers,
             external: Arc::new(tokio::sync::OnceCell::new()),
             endpoint_clients: Arc::new(endpoint_clients),
             resolver,
@@ -115,19 +112,28 @@ impl Forward {
                     Some(own) => Some(own),
                     None => self.external_client().await,
                 };
-                let Some(client) = client else {
-                    if uri.scheme_str() == Some("https") {
-                        return Err(InvokeError::NoTrustedRoots);
+                let attempt = match client {
+                    Some(client) => {
+                        let req = request(&call.method, uri, headers, body);
+                        match client.request(req).await {
+                            Ok(resp) => answered(resp),
+                            Err(e) if e.is_connect() => not_delivered(&e),
+                            Err(e) => self.failure(&e),
+                        }
                     }
-                    return match self
-                        .attempt(&self.client, uri, &call.method, headers, body)
-                        .await
-                    {
-                        Attempt::Answered(resp) => Ok(resp),
-                        Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
-                    };
+                    None if uri.scheme_str() == Some("https") => {
+                        return Err(InvokeError::NoTrustedRoots)
+                    }
+                    None => {
+                        let authority = uri.authority().cloned().ok_or_else(|| {
+                            InvokeError::InvalidRequest(format!("{uri} names no host"))
+                        })?;
+                        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                        self.to_peer(&authority, &call.method, path, headers, body)
+                            .await
+                    }
                 };
-                match self.attempt(client, uri, &call.method, headers, body).await {
+                match attempt {
                     Attempt::Answered(resp) => Ok(resp),
                     Attempt::NotDelivered(e) | Attempt::Failed(e) => Err(e),
                 }
@@ -148,9 +154,10 @@ impl Forward {
                         // A streamed body went to an earlier instance and cannot be sent again.
                         (None, None) => break,
                     };
-                    let uri = format!("http://{instance}{}", call.path_and_query);
-                    let uri: Uri = uri.parse().map_err(|_| {
-                        InvokeError::InvalidRequest(format!("{uri:?} is not a valid URL"))
+                    let authority = Authority::try_from(instance.as_str()).map_err(|_| {
+                        InvokeError::InvalidRequest(format!(
+                            "instance address {instance:?} of {id} is not host:port"
+                        ))
                     })?;
                     // Only a failover needs the headers again.
                     let headers = if i + 1 == order.len() {
@@ -158,8 +165,9 @@ impl Forward {
                     } else {
                         headers.clone()
                     };
+                    let path = call.path_and_query.as_str();
                     match self
-                        .attempt(&self.client, uri, &call.method, headers, body)
+                        .to_peer(&authority, &call.method, path, headers, body)
                         .await
                     {
                         Attempt::Answered(resp) => {
@@ -186,50 +194,73 @@ impl Forward {
         }
     }
 
-    async fn attempt<C>(
+    /// One attempt on a pooled plain HTTP/1.1 connection (a peer sidecar, or an `http`
+    /// endpoint when no TLS client could be built).
+    async fn to_peer(
         &self,
-        client: &Client<C, Body>,
-        uri: Uri,
+        authority: &Authority,
         method: &http::Method,
+        path_and_query: &str,
         headers: http::HeaderMap,
         body: Body,
-    ) -> Attempt
-    where
-        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    {
-        let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        match client.request(req).await {
-            Ok(resp) => {
-                if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
-                    && resp.headers().contains_key(INSTANCE_UNAVAILABLE)
-                {
-                    let error = match resp.headers()[INSTANCE_UNAVAILABLE].as_bytes() {
-                        b"app-unhealthy" => InvokeError::AppUnhealthy,
-                        b"app-unreachable" => {
-                            InvokeError::Unreachable("the app is not listening".into())
-                        }
-                        _ => {
-                            InvokeError::Unreachable("the instance is not serving this app".into())
-                        }
-                    };
-                    return Attempt::NotDelivered(error);
-                }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Attempt::Answered(Response::from_parts(parts, Body::new(body)))
+    ) -> Attempt {
+        let uri = match Uri::try_from(path_and_query) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Attempt::Failed(InvokeError::InvalidRequest(format!(
+                    "{path_and_query:?} is not a valid request path"
+                )))
             }
-            Err(e) if e.is_connect() => {
-                Attempt::NotDelivered(InvokeError::Unreachable(tandem_components::error_chain(&e)))
-            }
-            Err(e) => match body_error(&e, self.body_limit) {
-                too_large @ InvokeError::BodyTooLarge(_) => Attempt::Failed(too_large),
-                _ => Attempt::Failed(InvokeError::Unreachable(tandem_components::error_chain(&e))),
-            },
+        };
+        let req = request(method, uri, headers, body);
+        match self.peers.send(authority, req).await {
+            Ok(resp) => answered(resp),
+            Err(e) if e.is_connect() => not_delivered(&e),
+            Err(e) => self.failure(&e),
         }
     }
+
+    fn failure(&self, e: &(dyn std::error::Error + 'static)) -> Attempt {
+        match body_error(e, self.body_limit) {
+            too_large @ InvokeError::BodyTooLarge(_) => Attempt::Failed(too_large),
+            _ => Attempt::Failed(InvokeError::Unreachable(tandem_components::error_chain(e))),
+        }
+    }
+}
+
+/// An answer, unless it is the callee's refusal (a 503 with `INSTANCE_UNAVAILABLE`): then the
+/// call did not reach the app and another instance may take it.
+fn answered<B>(resp: Response<B>) -> Attempt
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(reason) = resp.headers().get(INSTANCE_UNAVAILABLE) {
+            let error = match reason.as_bytes() {
+                b"app-unhealthy" => InvokeError::AppUnhealthy,
+                b"app-unreachable" => InvokeError::Unreachable("the app is not listening".into()),
+                _ => InvokeError::Unreachable("the instance is not serving this app".into()),
+            };
+            return Attempt::NotDelivered(error);
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Attempt::Answered(Response::from_parts(parts, Body::new(body)))
+}
+
+/// No connection could be made: nothing was sent.
+fn not_delivered(e: &(dyn std::error::Error + 'static)) -> Attempt {
+    Attempt::NotDelivered(InvokeError::Unreachable(tandem_components::error_chain(e)))
+}
+
+fn request(method: &http::Method, uri: Uri, headers: http::HeaderMap, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 impl Service<Call> for Forward {

@@ -3,15 +3,22 @@
 //! the app's answer streams back unchanged.
 //!
 //! Tandem speaks plain HTTP/1.1 between sidecars (Dapr uses gRPC with mTLS); the request is the
-//! app's request itself, with the `dapr-callee-app-id` header naming the app it is for.
+//! app's request itself, with the `dapr-callee-app-id` header naming the app it is for. The port
+//! has one handler and one protocol, so it is served by hyper directly, without a router.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
-use http::HeaderValue;
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::headers::{strip_hop_by_hop, CALLEE_APP_ID, INSTANCE_UNAVAILABLE};
 use super::{InvokeError, InvokeFailure};
@@ -19,11 +26,44 @@ use crate::api::error::ApiError;
 use crate::app::AppChannelError;
 use crate::runtime::Runtime;
 
-pub fn router(rt: Arc<Runtime>) -> Router {
-    Router::new().fallback(handle).with_state(rt)
+/// Serves the internal port until `shutdown`, then lets in-flight requests finish.
+pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, shutdown: CancellationToken) {
+    let connections = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, typically: wait rather than spin.
+                tracing::warn!("internal port: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set on an internal connection: {e}");
+        }
+        let rt = rt.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let rt = rt.clone();
+            async move { Ok::<_, Infallible>(handle(&rt, req.map(Body::new)).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("internal connection closed: {e}");
+            }
+        });
+    }
+    connections.shutdown().await;
 }
 
-async fn handle(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
     let own_id = rt.settings.app_id.as_str();
     let callee = req
         .headers()
@@ -69,7 +109,7 @@ async fn handle(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         ),
         // The app is not listening (not started yet, or gone): nothing reached it, so another
         // instance may take the call.
-        Err(AppChannelError::Transport(e)) if e.is_connect() => unavailable(
+        Err(e) if e.is_connect() => unavailable(
             "app-unreachable",
             InvokeFailure {
                 app_id: own_id.to_string(),

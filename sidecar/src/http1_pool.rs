@@ -1,0 +1,391 @@
+//! Pooled keep-alive HTTP/1.1 connections over plain TCP, for the two hops every invocation
+//! makes: the caller's sidecar to the callee's internal port, and a sidecar to its app.
+//!
+//! hyper-util's general-purpose client does more per request than these hops need (a checkout
+//! that races a lazy connect, and a spawned task per response to return the connection). Here a
+//! request takes the most recently used idle connection of its authority, and the connection
+//! goes back to the pool when the response body has been read to its end. A response body
+//! dropped early closes its connection, as HTTP/1.1 cannot reuse it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body as _, Frame};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+#[derive(Debug, Error)]
+pub enum Http1Error {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: Authority,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {authority}: no connection within {after:?}")]
+    ConnectTimeout {
+        authority: Authority,
+        after: Duration,
+    },
+    #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
+    Handshake {
+        authority: Authority,
+        source: hyper::Error,
+    },
+    #[error("{0}")]
+    Request(#[source] hyper::Error),
+}
+
+impl Http1Error {
+    /// The request was not sent: no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, Http1Error::Request(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub connect_timeout: Option<Duration>,
+    /// Idle connections older than this are closed instead of reused.
+    pub idle_timeout: Duration,
+    pub max_idle_per_authority: usize,
+}
+
+struct IdleConnection {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+pub struct Http1Pool {
+    settings: PoolSettings,
+    idle: Mutex<HashMap<Authority, Vec<IdleConnection>>>,
+}
+
+impl Http1Pool {
+    pub fn new(settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `req` (origin-form URI) to `authority` as HTTP/1.1 on an idle connection, or a new
+    /// one. A missing Host header is set to the authority. A request that an idle connection could not
+    /// take (closed by the peer meanwhile) goes to the next one, or to a new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, Http1Error> {
+        // The hop is HTTP/1.1 whatever the request came in as (HTTP/2 to the API, or 1.0).
+        *req.version_mut() = http::Version::HTTP_11;
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        while let Some(mut sender) = self.checkout(authority) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(authority, sender, resp)),
+                Err(mut unsent) => match unsent.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(Http1Error::Request(unsent.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(authority).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(Http1Error::Request)?;
+        Ok(self.wrap(authority, sender, resp))
+    }
+
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(authority)?;
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < self.settings.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, authority: Authority, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        // Authorities come and go with instances: forget those whose connections all closed.
+        if idle.len() > 64 {
+            idle.retain(|_, list| list.iter().any(|c| !c.sender.is_closed()));
+        }
+        let list = idle.entry(authority).or_default();
+        let timeout = self.settings.idle_timeout;
+        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+        if list.len() < self.settings.max_idle_per_authority {
+            list.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, Http1Error> {
+        let connecting = TcpStream::connect(authority.as_str());
+        let stream = match self.settings.connect_timeout {
+            Some(after) => tokio::time::timeout(after, connecting).await.map_err(|_| {
+                Http1Error::ConnectTimeout {
+                    authority: authority.clone(),
+                    after,
+                }
+            })?,
+            None => connecting.await,
+        }
+        .map_err(|source| Http1Error::Connect {
+            authority: authority.clone(),
+            source,
+        })?;
+        // Requests and responses go out in one write each; no reason to wait for ACKs.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Http1Error::Handshake {
+                authority: authority.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection closed: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        authority: &Authority,
+        sender: SendRequest<Body>,
+        resp: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let mut release = Some(Release {
+            pool: self.clone(),
+            authority: authority.clone(),
+            sender,
+        });
+        if resp.body().is_end_stream() {
+            if let Some(r) = release.take() {
+                r.back();
+            }
+        }
+        resp.map(|inner| PooledBody { inner, release })
+    }
+}
+
+/// What returns a connection to its pool.
+struct Release {
+    pool: Arc<Http1Pool>,
+    authority: Authority,
+    sender: SendRequest<Body>,
+}
+
+impl Release {
+    fn back(self) {
+        self.pool.checkin(self.authority, self.sender);
+    }
+}
+
+/// A response body that returns its connection to the pool once read to its end.
+pub struct PooledBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl PooledBody {
+    /// A body whose connection is not pooled here (HTTP/2 to the app).
+    pub fn unpooled(inner: Incoming) -> Self {
+        Self {
+            inner,
+            release: None,
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release_connection(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release_connection(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl PooledBody {
+    fn release_connection(&mut self) {
+        if let Some(release) = self.release.take() {
+            release.back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A server answering `/?n=BYTES` with that many bytes; `close` answers with
+    /// `Connection: close`. Returns its authority and the count of accepted connections.
+    async fn server(close: bool) -> (Authority, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req: Request<Incoming>| async move {
+                            let n: usize = req
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("n="))
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            let mut resp = Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(vec![b'x'; n]),
+                            ));
+                            if close {
+                                resp.headers_mut()
+                                    .insert("connection", HeaderValue::from_static("close"));
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn pool() -> Arc<Http1Pool> {
+        Http1Pool::new(PoolSettings {
+            connect_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_authority: 8,
+        })
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    async fn read(pool: &Arc<Http1Pool>, authority: &Authority, path: &str) -> usize {
+        let resp = pool.send(authority, get(path)).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes().len()
+    }
+
+    #[tokio::test]
+    async fn reuses_a_connection_once_its_response_was_read() {
+        let (authority, accepted) = server(false).await;
+        let pool = pool();
+        for _ in 0..5 {
+            assert_eq!(read(&pool, &authority, "/?n=1000").await, 1000);
+        }
+        // Empty bodies end at once and return the connection without being polled.
+        for _ in 0..3 {
+            let resp = pool.send(&authority, get("/")).await.unwrap();
+            assert!(resp.body().is_end_stream());
+        }
+        assert_eq!(read(&pool, &authority, "/?n=10").await, 10);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_does_not_return_its_connection() {
+        let (authority, accepted) = server(false).await;
+        let pool = pool();
+        let unread = pool.send(&authority, get("/?n=100000")).await.unwrap();
+        drop(unread);
+        assert_eq!(read(&pool, &authority, "/?n=5").await, 5);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_the_peer_closed_are_replaced() {
+        let (authority, accepted) = server(true).await;
+        let pool = pool();
+        for _ in 0..3 {
+            assert_eq!(read(&pool, &authority, "/?n=7").await, 7);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_open_their_own_connections() {
+        let (authority, accepted) = server(false).await;
+        let pool = pool();
+        let first = pool.send(&authority, get("/?n=3")).await.unwrap();
+        let second = pool.send(&authority, get("/?n=4")).await.unwrap();
+        assert_eq!(
+            first.into_body().collect().await.unwrap().to_bytes().len(),
+            3
+        );
+        assert_eq!(
+            second.into_body().collect().await.unwrap().to_bytes().len(),
+            4
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(read(&pool, &authority, "/?n=1").await, 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = Authority::try_from(free.local_addr().unwrap().to_string()).unwrap();
+        drop(free);
+        let Err(err) = pool().send(&authority, get("/")).await else {
+            panic!("a request to a closed port was answered");
+        };
+        assert!(err.is_connect(), "{err}");
+    }
+}
