@@ -7,6 +7,7 @@ pub mod cli;
 pub mod component_set;
 pub mod delivery;
 pub mod http1_pool;
+pub mod http_server;
 pub mod invoke;
 pub mod kubernetes;
 pub mod logging;

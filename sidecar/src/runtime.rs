@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppChannel, AppChannelConfig, HealthCheck};
 use crate::cli::flags::SidecarArgs;
 use crate::component_set::{ComponentSet, ComponentSetError};
+use crate::http_server::{self, Protocols};
 use crate::metrics::Metrics;
 use crate::resiliency::Resiliency;
 
@@ -371,9 +372,15 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     let settings = rt.settings.clone();
 
     let mut servers = tokio::task::JoinSet::new();
-    let api = crate::api::router(rt.clone());
+    let api = crate::api::ApiPort::new(rt.clone());
     for listener in bind_all(&settings.listen_addresses, settings.http_port).await? {
-        spawn_server(&mut servers, listener, api.clone(), &rt.shutdown);
+        let api = api.clone();
+        servers.spawn(http_server::serve(
+            listener,
+            Protocols::Http1AndH2c,
+            rt.shutdown.clone(),
+            move |peer| api.service(peer),
+        ));
     }
     let internal_port = serve_internal(&rt, &mut servers).await?;
     if let Some(port) = settings.public_port {
@@ -449,29 +456,19 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Serves `router` on `listener` until shutdown, then lets in-flight requests finish. Handlers
-/// see the peer address (`ConnectInfo`), which invocation stamps as X-Forwarded-For. Accepted
-/// connections send without Nagle's delay, as the clients' sides already do (a response
-/// written in two parts must not wait for the peer's delayed ACK).
+/// Serves `router` on `listener` until shutdown, then lets in-flight requests finish.
 fn spawn_server(
     servers: &mut tokio::task::JoinSet<()>,
     listener: TcpListener,
     router: axum::Router,
     shutdown: &CancellationToken,
 ) {
-    use axum::serve::ListenerExt;
-    let stop = shutdown.clone();
-    servers.spawn(async move {
-        let listener = listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
-            }
-        });
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(listener, service)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
+    servers.spawn(http_server::serve(
+        listener,
+        Protocols::Http1AndH2c,
+        shutdown.clone(),
+        move |peer| http_server::router_service(router.clone(), peer),
+    ));
 }
 
 /// Serves the internal (sidecar-to-sidecar) port on every listen address; returns its number.
@@ -496,10 +493,12 @@ async fn serve_internal(
     // Other addresses share the port the first one got.
     listeners.extend(bind_all(&rest, port).await?);
     for listener in listeners {
-        servers.spawn(crate::invoke::internal::serve(
-            rt.clone(),
+        let rt_ = rt.clone();
+        servers.spawn(http_server::serve(
             listener,
+            Protocols::Http1,
             rt.shutdown.clone(),
+            move |_| crate::invoke::internal::service(rt_.clone()),
         ));
     }
     tracing::info!("internal invocation port {port} (HTTP)");

@@ -16,10 +16,25 @@ use crate::invoke::headers::APP_ID_HEADER;
 use crate::invoke::{InvokeError, InvokeFailure, InvokeRequest};
 use crate::runtime::Runtime;
 
+/// The route of the path form, also its metrics label.
+pub const PATH_ROUTE: &str = "/v1.0/invoke/{*rest}";
+
 pub fn routes() -> Router<Arc<Runtime>> {
     Router::new()
-        .route("/v1.0/invoke/{*rest}", any(by_path))
+        .route(PATH_ROUTE, any(by_path))
         .fallback(by_header)
+}
+
+/// Whether `path` is one `PATH_ROUTE` matches.
+pub fn is_path_form(path: &str) -> bool {
+    path.strip_prefix("/v1.0/invoke/")
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+fn client_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 /// The target and method path of `/v1.0/invoke/{appId}/method/{method…}`. The app id may be a
@@ -67,8 +82,15 @@ fn percent_decode(text: &str) -> String {
 }
 
 async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    let client = client_of(&req);
+    path_form(rt, req, client).await
+}
+
+/// `/v1.0/invoke/{appId}/method/{method…}` from `client`; a `dapr-app-id` header wins over the
+/// id in the path.
+pub async fn path_form(rt: Arc<Runtime>, req: Request, client: Option<SocketAddr>) -> Response {
     if target_from_headers(req.headers()).is_some() {
-        return by_header(State(rt), req).await;
+        return header_form(rt, req, client).await;
     }
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix("/v1.0/invoke/").unwrap_or_default();
@@ -84,7 +106,7 @@ async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         Some(q) => format!("{method}?{q}"),
         None => method.to_string(),
     };
-    invoke(rt, target, path_and_query, req).await
+    invoke(rt, target, path_and_query, req, client).await
 }
 
 /// The target named by a `dapr-app-id` header, or (as Dapr allows for clients that can only
@@ -107,7 +129,12 @@ fn target_from_headers(headers: &http::HeaderMap) -> Option<(String, bool)> {
     (user == APP_ID_HEADER.as_str()).then(|| (id.trim().to_string(), true))
 }
 
-async fn by_header(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
+async fn by_header(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    let client = client_of(&req);
+    header_form(rt, req, client).await
+}
+
+async fn header_form(rt: Arc<Runtime>, mut req: Request, client: Option<SocketAddr>) -> Response {
     let Some((target, from_basic_auth)) = target_from_headers(req.headers()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -119,7 +146,7 @@ async fn by_header(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    invoke(rt, target, path_and_query, req).await
+    invoke(rt, target, path_and_query, req, client).await
 }
 
 async fn invoke(
@@ -127,11 +154,8 @@ async fn invoke(
     target: String,
     path_and_query: String,
     req: Request,
+    client: Option<SocketAddr>,
 ) -> Response {
-    let client = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let (parts, body) = req.into_parts();
     let request = InvokeRequest {
         target,
@@ -170,6 +194,14 @@ mod tests {
         // base64("user:pass")
         other.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
         assert_eq!(target_from_headers(&other), None);
+    }
+
+    #[test]
+    fn path_form_needs_something_after_the_prefix() {
+        assert!(is_path_form("/v1.0/invoke/b/method/x"));
+        assert!(!is_path_form("/v1.0/invoke/"));
+        assert!(!is_path_form("/v1.0/invoke"));
+        assert!(!is_path_form("/v1.0/state/s"));
     }
 
     #[test]

@@ -12,10 +12,17 @@ mod secrets;
 mod shutdown;
 mod state;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::middleware;
+use axum::response::Response;
 use axum::Router;
+use http::Request;
+use hyper::body::Incoming;
 
 use crate::runtime::Runtime;
 
@@ -44,16 +51,66 @@ pub fn public_router(rt: Arc<Runtime>) -> Router {
 }
 
 fn finish(routes: Router<Arc<Runtime>>, rt: Arc<Runtime>) -> Router {
-    let guard = Arc::new(guard::Guard {
-        api_token: rt.settings.api_token.clone(),
-        body_limit: rt.settings.body_limit,
-        metrics: rt.metrics.clone(),
-    });
     // Handlers take the request `Body` and read it with `body::read_body`, under the guard's
     // --max-body-size cap. axum's own body extractors (`Json`, `Bytes`, `String`) are not used:
     // they would apply axum's 2 MB default limit too, and disabling it is one more layer on
     // every request.
     routes
-        .layer(middleware::from_fn_with_state(guard, guard::guard))
+        .layer(middleware::from_fn_with_state(guard(&rt), guard::guard))
         .with_state(rt)
+}
+
+fn guard(rt: &Runtime) -> Arc<guard::Guard> {
+    Arc::new(guard::Guard {
+        api_token: rt.settings.api_token.clone(),
+        body_limit: rt.settings.body_limit,
+        metrics: rt.metrics.clone(),
+    })
+}
+
+/// The API port. Invocations by path (`/v1.0/invoke/…`), the hot path of service invocation, go
+/// straight to their handler through the same guard; every other request goes through the
+/// router (whose routes, invocation included, stay complete).
+#[derive(Clone)]
+pub struct ApiPort {
+    rt: Arc<Runtime>,
+    router: Router,
+    guard: Arc<guard::Guard>,
+}
+
+impl ApiPort {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self {
+            router: router(rt.clone()),
+            guard: guard(&rt),
+            rt,
+        }
+    }
+
+    /// The service for one connection from `peer`.
+    pub fn service(
+        &self,
+        peer: SocketAddr,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
+    > + Send
+           + 'static {
+        let port = self.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let port = port.clone();
+            async move {
+                let mut req = req.map(Body::new);
+                if invoke::is_path_form(req.uri().path()) {
+                    let rt = port.rt.clone();
+                    let handler = |req| invoke::path_form(rt, req, Some(peer));
+                    return Ok(port.guard.run(req, invoke::PATH_ROUTE, handler).await);
+                }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(port.router, req).await
+            }
+        })
+    }
 }

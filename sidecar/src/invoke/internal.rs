@@ -8,17 +8,12 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use super::headers::{strip_hop_by_hop, CALLEE_APP_ID, INSTANCE_UNAVAILABLE};
 use super::{InvokeError, InvokeFailure};
@@ -26,41 +21,20 @@ use crate::api::error::ApiError;
 use crate::app::AppChannelError;
 use crate::runtime::Runtime;
 
-/// Serves the internal port until `shutdown`, then lets in-flight requests finish.
-pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, shutdown: CancellationToken) {
-    let connections = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, typically: wait rather than spin.
-                tracing::warn!("internal port: accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set on an internal connection: {e}");
-        }
+/// The service for one connection to the internal port.
+pub fn service(
+    rt: Arc<Runtime>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
+> + Send
+       + 'static {
+    service_fn(move |req: Request<Incoming>| {
         let rt = rt.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let rt = rt.clone();
-            async move { Ok::<_, Infallible>(handle(&rt, req.map(Body::new)).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("internal connection closed: {e}");
-            }
-        });
-    }
-    connections.shutdown().await;
+        async move { Ok::<_, Infallible>(handle(&rt, req.map(Body::new)).await) }
+    })
 }
 
 async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
