@@ -1,21 +1,18 @@
 //! The channel to the application: one pooled keep-alive client, a concurrency limit
 //! (`--app-max-concurrency`), the app token (`APP_API_TOKEN`) and the app's health.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http1_pool::{Http1Error, Http1Pool, PoolSettings, PooledBody};
@@ -195,10 +192,7 @@ impl AppChannel {
                 client.request(req).await?.map(PooledBody::unpooled)
             }
         };
-        Ok(resp.map(|inner| AppBody {
-            inner,
-            _permit: permit,
-        }))
+        Ok(resp.map(|body| body.holding(permit)))
     }
 
     /// Blocks until the app's port accepts TCP connections (Dapr's `blockUntilAppIsReady`).
@@ -258,28 +252,5 @@ impl AppChannel {
     }
 }
 
-/// A response body from the app that keeps its concurrency permit until it is done.
-pub struct AppBody {
-    inner: PooledBody,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl http_body::Body for AppBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// A response body from the app; it keeps its concurrency permit until it is dropped.
+pub type AppBody = PooledBody;

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Debug, Error)]
 pub enum Http1Error {
@@ -191,7 +192,11 @@ impl Http1Pool {
                 r.back();
             }
         }
-        resp.map(|inner| PooledBody { inner, release })
+        resp.map(|inner| PooledBody {
+            inner,
+            release,
+            permit: None,
+        })
     }
 }
 
@@ -208,10 +213,12 @@ impl Release {
     }
 }
 
-/// A response body that returns its connection to the pool once read to its end.
+/// A response body that returns its connection to the pool once read to its end, and holds a
+/// concurrency permit (of the app channel) until it is dropped.
 pub struct PooledBody {
     inner: Incoming,
     release: Option<Release>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledBody {
@@ -220,7 +227,13 @@ impl PooledBody {
         Self {
             inner,
             release: None,
+            permit: None,
         }
+    }
+
+    pub fn holding(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        self.permit = permit;
+        self
     }
 }
 

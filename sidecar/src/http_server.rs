@@ -17,6 +17,24 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A service for one connection: requests in, responses out, never an error (failures are
+/// responses).
+pub trait ConnectionService:
+    Service<Request<Incoming>, Response = Response, Error = Infallible, Future = Self::Pending>
+    + Send
+    + 'static
+{
+    type Pending: std::future::Future<Output = Result<Response, Infallible>> + Send + 'static;
+}
+
+impl<S> ConnectionService for S
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Pending = S::Future;
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Protocols {
     /// HTTP/1.1 only (the internal port: peers' pools speak nothing else).
@@ -34,8 +52,7 @@ pub async fn serve<M, S>(
     make_service: M,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
+    S: ConnectionService,
 {
     let connections = GracefulShutdown::new();
     let auto = auto::Builder::new(TokioExecutor::new());
@@ -87,16 +104,7 @@ where
 
 /// The service for one connection to an axum `router`: handlers see the peer address
 /// (`ConnectInfo`), which invocation stamps as X-Forwarded-For.
-pub fn router_service(
-    router: axum::Router,
-    peer: SocketAddr,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
-> + Send
-       + 'static {
+pub fn router_service(router: axum::Router, peer: SocketAddr) -> impl ConnectionService {
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(Body::new);
         req.extensions_mut()

@@ -12,18 +12,17 @@ mod secrets;
 mod shutdown;
 mod state;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::middleware;
-use axum::response::Response;
 use axum::Router;
 use http::Request;
 use hyper::body::Incoming;
 
+use crate::http_server::ConnectionService;
 use crate::runtime::Runtime;
 
 /// The router of the API port.
@@ -88,16 +87,7 @@ impl ApiPort {
     }
 
     /// The service for one connection from `peer`.
-    pub fn service(
-        &self,
-        peer: SocketAddr,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Response,
-        Error = Infallible,
-        Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
-    > + Send
-           + 'static {
+    pub fn service(&self, peer: SocketAddr) -> impl ConnectionService {
         let port = self.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let port = port.clone();

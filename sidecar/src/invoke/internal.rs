@@ -19,18 +19,11 @@ use super::headers::{strip_hop_by_hop, CALLEE_APP_ID, INSTANCE_UNAVAILABLE};
 use super::{InvokeError, InvokeFailure};
 use crate::api::error::ApiError;
 use crate::app::AppChannelError;
+use crate::http_server::ConnectionService;
 use crate::runtime::Runtime;
 
 /// The service for one connection to the internal port.
-pub fn service(
-    rt: Arc<Runtime>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
-> + Send
-       + 'static {
+pub fn service(rt: Arc<Runtime>) -> impl ConnectionService {
     service_fn(move |req: Request<Incoming>| {
         let rt = rt.clone();
         async move { Ok::<_, Infallible>(handle(&rt, req.map(Body::new)).await) }
