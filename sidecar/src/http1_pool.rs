@@ -25,6 +25,9 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// Past this many authorities, adding one first drops those without an open connection.
+const MAX_AUTHORITIES: usize = 64;
+
 #[derive(Debug, Error)]
 pub enum Http1Error {
     #[error("cannot connect to {authority}: {source}")]
@@ -130,8 +133,9 @@ impl Http1Pool {
             return;
         }
         let mut idle = self.idle.lock();
-        // Authorities come and go with instances: forget those whose connections all closed.
-        if idle.len() > 64 {
+        // Authorities come and go with instances: when a new one arrives, forget those whose
+        // connections all closed.
+        if idle.len() >= MAX_AUTHORITIES && !idle.contains_key(&authority) {
             idle.retain(|_, list| list.iter().any(|c| !c.sender.is_closed()));
         }
         let list = idle.entry(authority).or_default();

@@ -493,12 +493,12 @@ async fn serve_internal(
     // Other addresses share the port the first one got.
     listeners.extend(bind_all(&rest, port).await?);
     for listener in listeners {
-        let rt_ = rt.clone();
+        let rt = rt.clone();
         servers.spawn(http_server::serve(
             listener,
             Protocols::Http1,
             rt.shutdown.clone(),
-            move |_| crate::invoke::internal::service(rt_.clone()),
+            move |_| crate::invoke::internal::service(rt.clone()),
         ));
     }
     tracing::info!("internal invocation port {port} (HTTP)");

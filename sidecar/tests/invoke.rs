@@ -1089,3 +1089,34 @@ async fn python_sdk_invoke_method_through_two_sidecars() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("dapr-caller-app-id"), Some("pya"));
 }
+
+/// Invocations by path skip the API router but not its bookkeeping: they are counted under
+/// their route, as every other API request is.
+#[tokio::test]
+async fn invocations_by_path_are_counted_under_their_route() {
+    let mesh = Mesh::new();
+    let app = TestApp::start(|_| Reply::ok()).await;
+    let _b = mesh.callee("b", &app).await;
+    let a = mesh.sidecar("a").start().await;
+    for _ in 0..2 {
+        let resp = http()
+            .post(a.url("/v1.0/invoke/b/method/counted"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let text = http()
+        .get(format!("http://127.0.0.1:{}/metrics", a.metrics_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"dapr_http_server_request_count_total{app_id="a",method="POST",path="/v1.0/invoke/{*rest}",status="200"} 2"#),
+        "{text}"
+    );
+}

@@ -83,12 +83,12 @@ fn percent_decode(text: &str) -> String {
 
 async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     let client = client_of(&req);
-    path_form(rt, req, client).await
+    path_form(&rt, req, client).await
 }
 
 /// `/v1.0/invoke/{appId}/method/{method…}` from `client`; a `dapr-app-id` header wins over the
 /// id in the path.
-pub async fn path_form(rt: Arc<Runtime>, req: Request, client: Option<SocketAddr>) -> Response {
+pub async fn path_form(rt: &Runtime, req: Request, client: Option<SocketAddr>) -> Response {
     if target_from_headers(req.headers()).is_some() {
         return header_form(rt, req, client).await;
     }
@@ -131,10 +131,10 @@ fn target_from_headers(headers: &http::HeaderMap) -> Option<(String, bool)> {
 
 async fn by_header(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     let client = client_of(&req);
-    header_form(rt, req, client).await
+    header_form(&rt, req, client).await
 }
 
-async fn header_form(rt: Arc<Runtime>, mut req: Request, client: Option<SocketAddr>) -> Response {
+async fn header_form(rt: &Runtime, mut req: Request, client: Option<SocketAddr>) -> Response {
     let Some((target, from_basic_auth)) = target_from_headers(req.headers()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -150,7 +150,7 @@ async fn header_form(rt: Arc<Runtime>, mut req: Request, client: Option<SocketAd
 }
 
 async fn invoke(
-    rt: Arc<Runtime>,
+    rt: &Runtime,
     target: String,
     path_and_query: String,
     req: Request,

@@ -88,18 +88,18 @@ impl ApiPort {
 
     /// The service for one connection from `peer`.
     pub fn service(&self, peer: SocketAddr) -> impl ConnectionService {
-        let port = self.clone();
+        // One reference count per request instead of one per field.
+        let port = Arc::new(self.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let port = port.clone();
             async move {
                 let mut req = req.map(Body::new);
                 if invoke::is_path_form(req.uri().path()) {
-                    let rt = port.rt.clone();
-                    let handler = |req| invoke::path_form(rt, req, Some(peer));
+                    let handler = |req| invoke::path_form(&port.rt, req, Some(peer));
                     return Ok(port.guard.run(req, invoke::PATH_ROUTE, handler).await);
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(port.router, req).await
+                tower::ServiceExt::oneshot(port.router.clone(), req).await
             }
         })
     }
