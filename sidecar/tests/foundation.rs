@@ -668,14 +668,7 @@ async fn prometheus_metrics_count_api_requests() {
     let empty = ResourcesDir::new();
     let sidecar = Sidecar::builder(BIN).resources(empty.path()).start().await;
     metadata(&sidecar).await;
-    let text = http()
-        .get(format!("http://127.0.0.1:{}/metrics", sidecar.metrics_port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.metrics().await;
     assert!(
         text.contains(r#"dapr_http_server_request_count_total{app_id="testapp",method="GET",path="/v1.0/metadata",status="200"} 1"#),
         "{text}"

@@ -1107,14 +1107,7 @@ async fn invocations_by_path_are_counted_under_their_route() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
     }
-    let text = http()
-        .get(format!("http://127.0.0.1:{}/metrics", a.metrics_port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = a.metrics().await;
     assert!(
         text.contains(r#"dapr_http_server_request_count_total{app_id="a",method="POST",path="/v1.0/invoke/{*rest}",status="200"} 2"#),
         "{text}"

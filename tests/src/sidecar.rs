@@ -211,6 +211,13 @@ impl Sidecar {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
+    /// The Prometheus text of the metrics endpoint.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let resp = reqwest::get(&url).await.expect("metrics endpoint");
+        resp.text().await.expect("metrics text")
+    }
+
     /// Everything the process printed so far.
     pub fn logs(&self) -> String {
         self.logs.lock().clone()
