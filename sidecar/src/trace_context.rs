@@ -6,36 +6,37 @@ use rand::Rng;
 /// A W3C traceparent for the outgoing call: the caller's trace id (or a new one) with a new
 /// span id, keeping the caller's flags.
 pub fn child_traceparent(incoming: Option<&str>) -> String {
+    let bytes = child_traceparent_bytes(incoming);
+    // Only ASCII hex digits and dashes are written.
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `child_traceparent` written into a fixed array (no allocation, for the invocation path).
+pub fn child_traceparent_bytes(incoming: Option<&str>) -> [u8; TRACEPARENT_LEN] {
     let mut rng = rand::rng();
     let span: u64 = rng.random_range(1..=u64::MAX);
-    let mut out = String::with_capacity(TRACEPARENT_LEN);
-    out.push_str("00-");
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     match incoming.and_then(parse_traceparent) {
         Some((trace, flags)) => {
-            out.push_str(trace);
-            out.push('-');
-            push_hex(&mut out, u128::from(span), 16);
-            out.push('-');
-            out.push_str(flags);
+            out[3..35].copy_from_slice(trace.as_bytes());
+            out[53..].copy_from_slice(flags.as_bytes());
         }
-        None => {
-            push_hex(&mut out, rng.random_range(1..=u128::MAX), 32);
-            out.push('-');
-            push_hex(&mut out, u128::from(span), 16);
-            out.push_str("-01");
-        }
+        None => write_hex(&mut out[3..35], rng.random_range(1..=u128::MAX)),
     }
+    write_hex(&mut out[36..52], u128::from(span));
     out
 }
 
 /// `version-traceid-spanid-flags`: 2 + 32 + 16 + 2 hex digits and three dashes.
 pub const TRACEPARENT_LEN: usize = 55;
 
-/// The low `digits` hex digits of `value`, zero-padded (a formatter costs more per request).
-fn push_hex(out: &mut String, value: u128, digits: u32) {
+/// The low hex digits of `value`, zero-padded, filling `out` (a formatter costs more per
+/// request).
+fn write_hex(out: &mut [u8], value: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((value >> (4 * i)) & 0xf) as usize]));
+    let digits = out.len();
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = HEX[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
     }
 }
 

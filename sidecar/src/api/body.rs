@@ -12,8 +12,9 @@ use super::error::ApiError;
 pub struct BodyLimit(pub u64);
 
 /// Rejects a declared Content-Length over the limit at once; caps streamed bodies so reading
-/// stops at the limit.
-pub fn cap(limit: u64, mut req: Request) -> Result<Request, ApiError> {
+/// stops at the limit. A body whose exact length the server knows (from its Content-Length,
+/// which hyper never reads past) needs no cap.
+pub fn cap(limit: u64, req: Request) -> Result<Request, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -22,7 +23,12 @@ pub fn cap(limit: u64, mut req: Request) -> Result<Request, ApiError> {
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    req.extensions_mut().insert(BodyLimit(limit));
+    if http_body::Body::size_hint(req.body())
+        .exact()
+        .is_some_and(|len| len <= limit)
+    {
+        return Ok(req);
+    }
     let (parts, body) = req.into_parts();
     let capped = Body::new(Limited::new(
         body,

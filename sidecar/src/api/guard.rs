@@ -10,7 +10,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{auth, body};
+use super::auth;
+use super::body::{self, BodyLimit};
 use crate::metrics::Metrics;
 
 pub struct Guard {
@@ -21,7 +22,9 @@ pub struct Guard {
     pub metrics: Arc<Metrics>,
 }
 
-pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+pub async fn guard(State(guard): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
+    // For the handlers that read whole bodies (the invocation fast path has its own limit).
+    req.extensions_mut().insert(BodyLimit(guard.body_limit));
     let path = req.extensions().get::<MatchedPath>().cloned();
     let label = path.as_ref().map_or("unmatched", MatchedPath::as_str);
     guard.run(req, label, |req| next.run(req)).await

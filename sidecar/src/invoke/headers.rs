@@ -4,7 +4,9 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::trace_context::child_traceparent;
+use bytes::Bytes;
+
+use crate::trace_context::child_traceparent_bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, FORWARDED, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -74,83 +76,130 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> 
     }
 }
 
-/// Who is calling and from where.
+/// Who is calling and from where. The values are built once per sidecar and per target, so
+/// stamping them costs a reference count, not a parse.
 pub struct CallerInfo<'a> {
-    pub app_id: &'a str,
-    pub namespace: Option<&'a str>,
+    pub app_id: Option<&'a HeaderValue>,
+    pub namespace: Option<&'a HeaderValue>,
     pub client: Option<SocketAddr>,
 }
 
-/// Prepares an incoming API request's headers for forwarding to `callee`.
-pub fn stamp_outgoing(headers: &mut HeaderMap, caller: &CallerInfo<'_>, callee: &str) {
+/// Prepares an incoming API request's headers for forwarding to `callee` (its app id).
+pub fn stamp_outgoing(headers: &mut HeaderMap, caller: &CallerInfo<'_>, callee: &HeaderValue) {
     // `expect: 100-continue` was for this sidecar's server, which has answered it.
     remove_hop_by_hop_and(headers, |name| name == EXPECT || is_stamped(name));
     let host = headers.remove(HOST);
-    set(headers, CALLER_APP_ID, caller.app_id);
-    set(headers, CALLEE_APP_ID, callee);
+    // Room for everything stamped below, so the map grows once at most.
+    headers.reserve(7);
+    if let Some(id) = caller.app_id {
+        headers.insert(CALLER_APP_ID, id.clone());
+    }
+    headers.insert(CALLEE_APP_ID, callee.clone());
     if let Some(ns) = caller.namespace {
-        set(headers, CALLER_NAMESPACE, ns);
+        headers.insert(CALLER_NAMESPACE, ns.clone());
     }
     if let Some(client) = caller.client {
-        let ip = client.ip();
-        let mut forwarded_for = String::new();
-        if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            if !earlier.trim().is_empty() {
-                forwarded_for.push_str(earlier);
-                forwarded_for.push_str(", ");
-            }
+        let ip = IpText::new(client.ip());
+        let earlier = headers
+            .get(&X_FORWARDED_FOR)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty());
+        let forwarded_for = match earlier {
+            Some(earlier) => joined(&[earlier, b", ", ip.as_bytes()]),
+            None => HeaderValue::from_bytes(ip.as_bytes()).ok(),
+        };
+        let host = host.as_ref().map(HeaderValue::as_bytes);
+        let forwarded = match (client.ip().is_ipv6(), host) {
+            (false, None) => joined(&[b"for=", ip.as_bytes()]),
+            (false, Some(h)) => joined(&[b"for=", ip.as_bytes(), b";host=", h]),
+            (true, None) => joined(&[b"for=\"[", ip.as_bytes(), b"]\""]),
+            (true, Some(h)) => joined(&[b"for=\"[", ip.as_bytes(), b"]\";host=", h]),
+        };
+        if let Some(v) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        push_ip(&mut forwarded_for, ip);
-        set(headers, X_FORWARDED_FOR, &forwarded_for);
-        let mut forwarded = String::from("for=");
-        if ip.is_ipv6() {
-            forwarded.push_str("\"[");
-            push_ip(&mut forwarded, ip);
-            forwarded.push_str("]\"");
-        } else {
-            push_ip(&mut forwarded, ip);
+        if let Some(v) = forwarded {
+            headers.insert(FORWARDED, v);
         }
-        if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-            forwarded.push_str(";host=");
-            forwarded.push_str(h);
-        }
-        set(headers, FORWARDED, &forwarded);
     }
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST, h);
     }
     let parent = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok());
-    let child = child_traceparent(parent);
-    set(headers, TRACEPARENT, &child);
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+    let child = child_traceparent_bytes(parent);
+    if let Ok(v) = HeaderValue::from_bytes(&child) {
+        headers.insert(TRACEPARENT, v);
     }
 }
 
-/// An address as forwarding headers write it, without the formatter (`Ipv4Addr`'s `Display`
-/// costs more than the rest of the header work).
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
+/// A header value made of `parts`, in one allocation.
+fn joined(parts: &[&[u8]]) -> Option<HeaderValue> {
+    let mut value = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        value.extend_from_slice(part);
+    }
+    // Exactly as long as its capacity, so `Bytes` takes the buffer over without another
+    // allocation.
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+}
+
+/// An address as forwarding headers write it, on the stack (`Ipv4Addr`'s `Display` costs more
+/// than the rest of the header work).
+struct IpText {
+    buf: [u8; IPV6_TEXT_MAX],
+    len: usize,
+}
+
+/// The longest IPv6 text: eight groups of four hex digits with seven colons, or the IPv4-mapped
+/// form with an embedded dotted quad.
+const IPV6_TEXT_MAX: usize = 45;
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; IPV6_TEXT_MAX],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
                 }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
+            }
+            IpAddr::V6(v6) => {
+                // Cannot fail: the longest form fits the buffer.
+                let _ = write!(text, "{v6}");
             }
         }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -186,11 +235,11 @@ mod tests {
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
         let caller = CallerInfo {
-            app_id: "a",
-            namespace: Some("ns"),
+            app_id: Some(&HeaderValue::from_static("a")),
+            namespace: Some(&HeaderValue::from_static("ns")),
             client: Some("127.0.0.1:5000".parse().unwrap()),
         };
-        stamp_outgoing(&mut h, &caller, "b");
+        stamp_outgoing(&mut h, &caller, &HeaderValue::from_static("b"));
         assert_eq!(h["dapr-caller-app-id"], "a");
         assert_eq!(h["dapr-callee-app-id"], "b");
         assert_eq!(h["dapr-caller-namespace"], "ns");
@@ -214,11 +263,33 @@ mod tests {
 
     #[test]
     fn writes_addresses_as_display_does() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "::1", "fe80::1:2"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "::1",
+            "fe80::1:2",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = String::new();
-            push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string());
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn appends_to_earlier_forwarding_and_brackets_ipv6() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static(" 10.0.0.1 "));
+        let caller = CallerInfo {
+            app_id: Some(&HeaderValue::from_static("a")),
+            namespace: None,
+            client: Some("[::1]:5000".parse().unwrap()),
+        };
+        stamp_outgoing(&mut h, &caller, &HeaderValue::from_static("b"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["forwarded"], "for=\"[::1]\"");
+        assert!(h.get("x-forwarded-host").is_none());
+        assert!(h.get("dapr-caller-namespace").is_none());
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -131,14 +131,28 @@ struct Stacks {
     external: HashMap<String, Stack>,
 }
 
+/// A target as the invoker keeps it between calls: parsed once, with its resiliency stack and
+/// the `dapr-callee-app-id` value naming it. A clone is one call's copy (the stack keeps its
+/// concurrency slot per clone).
+#[derive(Clone)]
+struct Route {
+    target: Arc<InvokeTarget>,
+    stack: Stack,
+    callee: HeaderValue,
+}
+
 /// The caller side of service invocation, shared by all API requests.
 pub struct Invoker {
-    app_id: String,
-    namespace: Option<String>,
+    /// This sidecar's app id and namespace, as the headers that carry them (`None` for text
+    /// that cannot be a header value).
+    caller_id: Option<HeaderValue>,
+    caller_namespace: Option<HeaderValue>,
     resiliency: Resiliency,
     endpoints: BTreeMap<String, ExternalEndpoint>,
     forward: forward::Forward,
     stacks: Mutex<Stacks>,
+    /// By the target as the request spelled it.
+    routes: Mutex<HashMap<String, Route>>,
     body_limit: u64,
 }
 
@@ -162,8 +176,8 @@ impl Invoker {
         body_limit: u64,
     ) -> Self {
         Self {
-            app_id,
-            namespace,
+            caller_id: HeaderValue::try_from(app_id).ok(),
+            caller_namespace: namespace.and_then(|ns| HeaderValue::try_from(ns).ok()),
             resiliency,
             endpoints: endpoints.endpoints,
             forward: forward::Forward::new(
@@ -173,6 +187,7 @@ impl Invoker {
                 body_limit,
             ),
             stacks: Mutex::new(Stacks::default()),
+            routes: Mutex::new(HashMap::new()),
             body_limit,
         }
     }
@@ -187,30 +202,48 @@ impl Invoker {
             app_id: app_id.to_string(),
             error,
         };
-        let target =
-            target::parse_target(&req.target, &self.endpoints).map_err(|e| fail(&req.target, e))?;
+        let route = self.route(&req.target).map_err(|e| fail(&req.target, e))?;
         let mut headers = req.headers;
         let caller = headers::CallerInfo {
-            app_id: &self.app_id,
-            namespace: self.namespace.as_deref(),
+            app_id: self.caller_id.as_ref(),
+            namespace: self.caller_namespace.as_ref(),
             client: req.client,
         };
-        headers::stamp_outgoing(&mut headers, &caller, target.policy_name());
+        headers::stamp_outgoing(&mut headers, &caller, &route.callee);
         let body = self
             .prepare_body(req.body)
             .await
             .map_err(|e| fail(&req.target, e))?;
-        let stack = self.stack_for(&target);
         let call = Call {
-            target: Arc::new(target),
+            target: route.target.clone(),
             method: req.method,
             path_and_query: req.path_and_query,
             headers,
             body,
         };
-        layers::call(stack, call)
+        layers::call(route.stack, call)
             .await
             .map_err(|e| fail(&req.target, e))
+    }
+
+    /// The parsed target and its stack, built on first use.
+    fn route(&self, raw: &str) -> Result<Route, InvokeError> {
+        if let Some(route) = self.routes.lock().get(raw) {
+            return Ok(route.clone());
+        }
+        let target = target::parse_target(raw, &self.endpoints)?;
+        let route = Route {
+            stack: self.stack_for(&target),
+            callee: HeaderValue::from_str(target.policy_name())
+                .map_err(|_| InvokeError::InvalidAppId(raw.to_string()))?,
+            target: Arc::new(target),
+        };
+        let mut routes = self.routes.lock();
+        if routes.len() >= MAX_STACKS {
+            routes.clear();
+        }
+        routes.insert(raw.to_string(), route.clone());
+        Ok(route)
     }
 
     /// Buffers small bodies of known length (a declared Content-Length, or none at all) so they
