@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http1_pool::{Http1Error, Http1Pool, PoolSettings, PooledBody};
+use crate::http1_pool::{Destination, Http1Error, Http1Pool, PoolSettings, PooledBody};
 
 #[derive(Debug, Error)]
 pub enum AppChannelError {
@@ -45,7 +45,7 @@ impl AppChannelError {
 /// HTTP/1.1 on pooled keep-alive connections, or HTTP/2 without TLS (`--app-protocol h2c`) on
 /// one multiplexed connection.
 enum AppClient {
-    Http1(Arc<Http1Pool>),
+    Http1(Arc<Destination>),
     H2c(Box<Client<HttpConnector, Body>>),
 }
 
@@ -80,6 +80,14 @@ pub struct AppChannel {
 
 impl AppChannel {
     pub fn new(config: AppChannelConfig) -> Result<Self, AppChannelError> {
+        let host = if config.address.contains(':') {
+            format!("[{}]", config.address)
+        } else {
+            config.address.clone()
+        };
+        let authority = format!("{host}:{}", config.port);
+        let authority = Authority::try_from(authority.as_str())
+            .map_err(|_| AppChannelError::InvalidAddress(config.address.clone()))?;
         let idle_timeout = Duration::from_secs(90);
         let client = if config.http2 {
             let mut connector = HttpConnector::new();
@@ -91,20 +99,13 @@ impl AppChannel {
                     .build(connector),
             ))
         } else {
-            AppClient::Http1(Http1Pool::new(PoolSettings {
+            let pool = Http1Pool::new(PoolSettings {
                 connect_timeout: None,
                 idle_timeout,
                 max_idle_per_authority: usize::MAX,
-            }))
+            });
+            AppClient::Http1(pool.destination(&authority))
         };
-        let host = if config.address.contains(':') {
-            format!("[{}]", config.address)
-        } else {
-            config.address.clone()
-        };
-        let authority = format!("{host}:{}", config.port);
-        let authority = Authority::try_from(authority.as_str())
-            .map_err(|_| AppChannelError::InvalidAddress(config.address.clone()))?;
         // Until a probe succeeds, an app with health checks counts as unhealthy (as in Dapr).
         let healthy = config.health_check.is_none();
         Ok(Self {
@@ -173,11 +174,11 @@ impl AppChannel {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
         let resp = match &self.client {
-            AppClient::Http1(pool) => {
+            AppClient::Http1(app) => {
                 if req.uri().path_and_query().is_none() {
                     *req.uri_mut() = Uri::from_static("/");
                 }
-                pool.send(&self.authority, req).await?
+                app.clone().send(req).await?
             }
             AppClient::H2c(client) => {
                 // The path and query stay as parsed; only scheme and authority are added.

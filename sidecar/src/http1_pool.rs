@@ -8,12 +8,14 @@
 //! dropped early closes its connection, as HTTP/1.1 cannot reuse it.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use fnv::FnvHasher;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body as _, Frame};
@@ -69,58 +71,102 @@ struct IdleConnection {
     since: Instant,
 }
 
+/// Authorities are hashed on every lookup: FNV costs a few instructions per byte where the
+/// default SipHash costs dozens (`Authority` feeds its hasher one byte at a time).
+type Destinations = HashMap<Authority, Arc<Destination>, BuildHasherDefault<FnvHasher>>;
+
 pub struct Http1Pool {
     settings: PoolSettings,
-    idle: Mutex<HashMap<Authority, Vec<IdleConnection>>>,
+    destinations: Mutex<Destinations>,
+}
+
+/// One authority: its idle connections and the Host header its requests carry. A caller that
+/// always talks to one authority (the app channel) keeps it and skips the lookup.
+pub struct Destination {
+    authority: Authority,
+    host: Option<HeaderValue>,
+    settings: PoolSettings,
+    idle: Mutex<Vec<IdleConnection>>,
 }
 
 impl Http1Pool {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
         Arc::new(Self {
             settings,
-            idle: Mutex::new(HashMap::new()),
+            destinations: Mutex::new(Destinations::default()),
         })
     }
 
-    /// Sends `req` (origin-form URI) to `authority` as HTTP/1.1 on an idle connection, or a new
-    /// one. A missing Host header is set to the authority. A request that an idle connection could not
-    /// take (closed by the peer meanwhile) goes to the next one, or to a new connection.
+    /// The pool's entry for `authority`, created on first use.
+    pub fn destination(&self, authority: &Authority) -> Arc<Destination> {
+        let mut destinations = self.destinations.lock();
+        if let Some(found) = destinations.get(authority) {
+            return found.clone();
+        }
+        // Authorities come and go with instances: when a new one arrives, forget those without
+        // an open connection.
+        if destinations.len() >= MAX_AUTHORITIES {
+            destinations.retain(|_, d| d.idle.lock().iter().any(|c| !c.sender.is_closed()));
+        }
+        let destination = Arc::new(Destination {
+            authority: authority.clone(),
+            host: HeaderValue::from_str(authority.as_str()).ok(),
+            settings: self.settings.clone(),
+            idle: Mutex::new(Vec::new()),
+        });
+        destinations.insert(authority.clone(), destination.clone());
+        destination
+    }
+
+    /// Sends `req` (origin-form URI) to `authority`; see `Destination::send`.
     pub async fn send(
-        self: &Arc<Self>,
+        &self,
         authority: &Authority,
+        req: Request<Body>,
+    ) -> Result<Response<PooledBody>, Http1Error> {
+        self.destination(authority).send(req).await
+    }
+}
+
+impl Destination {
+    /// Sends `req` (origin-form URI) as HTTP/1.1 on an idle connection, or a new one. A missing
+    /// Host header is set to the authority. A request that an idle connection could not take
+    /// (closed by the peer meanwhile) goes to the next one, or to a new connection.
+    pub async fn send(
+        self: Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, Http1Error> {
         // The hop is HTTP/1.1 whatever the request came in as (HTTP/2 to the API, or 1.0).
         *req.version_mut() = http::Version::HTTP_11;
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, host);
+        if let Some(host) = &self.host {
+            if let http::header::Entry::Vacant(slot) = req.headers_mut().entry(http::header::HOST) {
+                slot.insert(host.clone());
             }
         }
-        while let Some(mut sender) = self.checkout(authority) {
+        while let Some(mut sender) = self.checkout() {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(authority, sender, resp)),
+                Ok(resp) => return Ok(self.wrap(sender, resp)),
                 Err(mut unsent) => match unsent.take_message() {
                     Some(back) => req = back,
                     None => return Err(Http1Error::Request(unsent.into_error())),
                 },
             }
         }
-        let mut sender = self.connect(authority).await?;
+        let mut sender = self.connect().await?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(Http1Error::Request)?;
-        Ok(self.wrap(authority, sender, resp))
+        Ok(self.wrap(sender, resp))
     }
 
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
+    /// The most recently used live idle connection.
+    fn checkout(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(authority)?;
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = idle.pop() {
             if !conn.sender.is_closed() && conn.since.elapsed() < self.settings.idle_timeout {
                 return Some(conn.sender);
             }
@@ -128,28 +174,23 @@ impl Http1Pool {
         None
     }
 
-    fn checkin(&self, authority: Authority, sender: SendRequest<Body>) {
+    fn checkin(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
-        // Authorities come and go with instances: when a new one arrives, forget those whose
-        // connections all closed.
-        if idle.len() >= MAX_AUTHORITIES && !idle.contains_key(&authority) {
-            idle.retain(|_, list| list.iter().any(|c| !c.sender.is_closed()));
-        }
-        let list = idle.entry(authority).or_default();
         let timeout = self.settings.idle_timeout;
-        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
-        if list.len() < self.settings.max_idle_per_authority {
-            list.push(IdleConnection {
+        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+        if idle.len() < self.settings.max_idle_per_authority {
+            idle.push(IdleConnection {
                 sender,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, Http1Error> {
+    async fn connect(&self) -> Result<SendRequest<Body>, Http1Error> {
+        let authority = &self.authority;
         let connecting = TcpStream::connect(authority.as_str());
         let stream = match self.settings.connect_timeout {
             Some(after) => tokio::time::timeout(after, connecting).await.map_err(|_| {
@@ -181,14 +222,12 @@ impl Http1Pool {
     }
 
     fn wrap(
-        self: &Arc<Self>,
-        authority: &Authority,
+        self: Arc<Self>,
         sender: SendRequest<Body>,
         resp: Response<Incoming>,
     ) -> Response<PooledBody> {
         let mut release = Some(Release {
-            pool: self.clone(),
-            authority: authority.clone(),
+            destination: self,
             sender,
         });
         if resp.body().is_end_stream() {
@@ -206,14 +245,13 @@ impl Http1Pool {
 
 /// What returns a connection to its pool.
 struct Release {
-    pool: Arc<Http1Pool>,
-    authority: Authority,
+    destination: Arc<Destination>,
     sender: SendRequest<Body>,
 }
 
 impl Release {
     fn back(self) {
-        self.pool.checkin(self.authority, self.sender);
+        self.destination.checkin(self.sender);
     }
 }
 

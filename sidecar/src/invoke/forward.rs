@@ -25,16 +25,19 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per peer.
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
+/// The innermost service of every invocation stack; clones share one state.
 #[derive(Clone)]
-pub struct Forward {
+pub struct Forward(Arc<Shared>);
+
+struct Shared {
     /// To peer sidecars (plain HTTP/1.1).
     peers: Arc<Http1Pool>,
     /// To external services (`http` and `https`), built on first use (loading the system's
     /// root certificates is not worth delaying every start-up for); `None` when no trusted root
     /// certificates could be loaded, in which case only `http` endpoints work.
-    external: Arc<tokio::sync::OnceCell<Option<HttpsClient>>>,
+    external: tokio::sync::OnceCell<Option<HttpsClient>>,
     /// HTTPEndpoints with their own `clientTLS`, by name.
-    endpoint_clients: Arc<HashMap<String, HttpsClient>>,
+    endpoint_clients: HashMap<String, HttpsClient>,
     resolver: Arc<Resolver>,
     balancer: Arc<Balancer>,
     body_limit: u64,
@@ -61,20 +64,22 @@ impl Forward {
             idle_timeout: POOL_IDLE_TIMEOUT,
             max_idle_per_authority: POOL_MAX_IDLE_PER_HOST,
         });
-        Self {
+        Self(Arc::new(Shared {
             peers,
-            external: Arc::new(tokio::sync::OnceCell::new()),
-            endpoint_clients: Arc::new(endpoint_clients),
+            external: tokio::sync::OnceCell::new(),
+            endpoint_clients,
             resolver,
             balancer,
             body_limit,
-        }
+        }))
     }
 
     pub fn resolver(&self) -> &Resolver {
-        &self.resolver
+        &self.0.resolver
     }
+}
 
+impl Shared {
     async fn external_client(&self) -> Option<&HttpsClient> {
         self.external
             .get_or_init(|| async {
@@ -154,11 +159,6 @@ impl Forward {
                         // A streamed body went to an earlier instance and cannot be sent again.
                         (None, None) => break,
                     };
-                    let authority = Authority::try_from(instance.as_str()).map_err(|_| {
-                        InvokeError::InvalidRequest(format!(
-                            "instance address {instance:?} of {id} is not host:port"
-                        ))
-                    })?;
                     // Only a failover needs the headers again.
                     let headers = if i + 1 == order.len() {
                         std::mem::take(&mut headers)
@@ -167,21 +167,21 @@ impl Forward {
                     };
                     let path = call.path_and_query.as_str();
                     match self
-                        .to_peer(&authority, &call.method, path, headers, body)
+                        .to_peer(instance, &call.method, path, headers, body)
                         .await
                     {
                         Attempt::Answered(resp) => {
-                            self.balancer.report_success(instance);
+                            self.balancer.report_success(instance.as_str());
                             return Ok(resp);
                         }
                         Attempt::NotDelivered(e) => {
                             tracing::debug!("instance {instance} of {id} unavailable: {e}");
-                            self.balancer.report_failure(instance);
+                            self.balancer.report_failure(instance.as_str());
                             self.resolver.invalidate(id);
                             last_error = Some(e);
                         }
                         Attempt::Failed(e) => {
-                            self.balancer.report_failure(instance);
+                            self.balancer.report_failure(instance.as_str());
                             self.resolver.invalidate(id);
                             return Err(e);
                         }
@@ -273,7 +273,7 @@ impl Service<Call> for Forward {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.send(call).await })
+        let shared = self.0.clone();
+        Box::pin(async move { shared.send(call).await })
     }
 }

@@ -2,6 +2,7 @@
 //! `<app-id>-dapr.<namespace>.svc.<cluster domain>` (as Dapr's injector creates it), on the
 //! internal port. DNS does the rest.
 
+use http::uri::Authority;
 use serde_json::Value;
 
 use super::NameResolutionError;
@@ -55,13 +56,19 @@ impl KubernetesResolver {
         })
     }
 
-    pub fn resolve(&self, app_id: &str, namespace: Option<&str>) -> String {
-        format!(
+    pub fn resolve(
+        &self,
+        app_id: &str,
+        namespace: Option<&str>,
+    ) -> Result<Authority, NameResolutionError> {
+        let address = format!(
             "{app_id}-dapr.{}.svc.{}:{}",
             namespace.unwrap_or(&self.namespace),
             self.cluster_domain,
             self.internal_port
-        )
+        );
+        Authority::try_from(address.as_str())
+            .map_err(|_| NameResolutionError::InvalidAddress(address))
     }
 }
 
@@ -73,16 +80,20 @@ mod tests {
     fn builds_service_names() {
         let r = KubernetesResolver::from_config(None, Some("shop")).unwrap();
         assert_eq!(
-            r.resolve("orders", None),
+            r.resolve("orders", None).unwrap(),
             "orders-dapr.shop.svc.cluster.local:50002"
         );
         assert_eq!(
-            r.resolve("orders", Some("prod")),
+            r.resolve("orders", Some("prod")).unwrap(),
             "orders-dapr.prod.svc.cluster.local:50002"
         );
         let cfg = serde_json::json!({"clusterDomain": "corp.example", "internalPort": "6000"});
         let r = KubernetesResolver::from_config(Some(&cfg), None).unwrap();
-        assert_eq!(r.resolve("a", None), "a-dapr.default.svc.corp.example:6000");
+        assert_eq!(
+            r.resolve("a", None).unwrap(),
+            "a-dapr.default.svc.corp.example:6000"
+        );
+        assert!(r.resolve("a b", None).is_err());
         let bad = serde_json::json!({"internalPort": "x"});
         assert!(KubernetesResolver::from_config(Some(&bad), None).is_err());
     }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use http::uri::Authority;
+
 use super::local_registry::{LocalRegistry, RegistryEntry};
-use super::NameResolutionError;
+use super::{Instances, NameResolutionError};
 
 /// How long a registry listing is reused. Failures invalidate it at once, so a stale answer
 /// costs at most one failed attempt before failover.
@@ -21,7 +23,7 @@ pub struct LocalResolver {
 }
 
 /// App id → `host:port` of each instance.
-type Listing = HashMap<String, Vec<String>>;
+type Listing = HashMap<String, Instances>;
 
 impl LocalResolver {
     pub fn from_env() -> Self {
@@ -39,10 +41,10 @@ impl LocalResolver {
         &self.registry
     }
 
-    pub async fn resolve(&self, app_id: &str) -> Result<Vec<String>, NameResolutionError> {
+    pub async fn resolve(&self, app_id: &str) -> Result<Instances, NameResolutionError> {
         if let Some((at, map)) = self.cache.lock().as_ref() {
             if at.elapsed() < CACHE_TTL {
-                return Ok(map.get(app_id).cloned().unwrap_or_default());
+                return Ok(instances_of(map, app_id));
             }
         }
         let registry = self.registry.clone();
@@ -51,7 +53,7 @@ impl LocalResolver {
             .await
             .map_err(|e| NameResolutionError::Registry(e.to_string()))?;
         let map = group(entries);
-        let found = map.get(app_id).cloned().unwrap_or_default();
+        let found = instances_of(&map, app_id);
         *self.cache.lock() = Some((Instant::now(), map));
         Ok(found)
     }
@@ -61,19 +63,33 @@ impl LocalResolver {
     }
 }
 
+fn instances_of(map: &Listing, app_id: &str) -> Instances {
+    map.get(app_id)
+        .cloned()
+        .unwrap_or_else(|| Instances::from([]))
+}
+
+/// The entries by app id; an entry whose address is not a host is skipped (with a warning).
 fn group(entries: Vec<RegistryEntry>) -> Listing {
-    let mut map: Listing = HashMap::new();
+    let mut map: HashMap<String, Vec<Authority>> = HashMap::new();
     for e in entries {
         let host = if e.address.contains(':') {
             format!("[{}]", e.address)
         } else {
             e.address.clone()
         };
-        map.entry(e.app_id)
-            .or_default()
-            .push(format!("{host}:{}", e.internal_port));
+        let address = format!("{host}:{}", e.internal_port);
+        match Authority::try_from(address.as_str()) {
+            Ok(authority) => map.entry(e.app_id).or_default().push(authority),
+            Err(_) => tracing::warn!(
+                "local registry: ignoring {}'s entry: {address:?} is not host:port",
+                e.app_id
+            ),
+        }
     }
-    map
+    map.into_iter()
+        .map(|(id, list)| (id, Instances::from(list)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -96,7 +112,7 @@ mod tests {
         registry.register(&entry).unwrap();
         let resolver = LocalResolver::new(registry.clone());
         assert_eq!(
-            resolver.resolve("orders").await.unwrap(),
+            *resolver.resolve("orders").await.unwrap(),
             ["127.0.0.1:4242"]
         );
         assert!(resolver.resolve("billing").await.unwrap().is_empty());

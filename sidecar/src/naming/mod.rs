@@ -1,7 +1,7 @@
 //! Finding sidecars by app id. The resolver is chosen by the Configuration's
 //! `nameResolution.component`: `local` (the default in standalone mode), `kubernetes` (the default
 //! with `--mode kubernetes`) or `static`. Each answers with the internal-port addresses
-//! (`host:port`) of every instance; `balancer` picks among them.
+//! (`host:port`, parsed once) of every instance; `balancer` picks among them.
 
 pub mod balancer;
 pub mod kubernetes;
@@ -9,6 +9,9 @@ pub mod local;
 pub mod local_registry;
 pub mod static_list;
 
+use std::sync::Arc;
+
+use http::uri::Authority;
 use tandem_components::spec::configuration::NameResolutionSpec;
 use thiserror::Error;
 
@@ -27,7 +30,12 @@ pub enum NameResolutionError {
     NotFound(String),
     #[error("cannot read the local registry: {0}")]
     Registry(String),
+    #[error("{0:?} is not a valid host:port address")]
+    InvalidAddress(String),
 }
+
+/// The internal-port addresses of an app's instances, shared between requests.
+pub type Instances = Arc<[Authority]>;
 
 /// The configured resolver.
 #[derive(Debug)]
@@ -77,10 +85,10 @@ impl Resolver {
         &self,
         app_id: &str,
         namespace: Option<&str>,
-    ) -> Result<Vec<String>, NameResolutionError> {
+    ) -> Result<Instances, NameResolutionError> {
         let found = match self {
             Resolver::Local(r) => r.resolve(app_id).await?,
-            Resolver::Kubernetes(r) => vec![r.resolve(app_id, namespace)],
+            Resolver::Kubernetes(r) => Arc::from([r.resolve(app_id, namespace)?]),
             Resolver::Static(r) => r.resolve(app_id),
         };
         if found.is_empty() {

@@ -11,13 +11,14 @@
 
 use std::collections::BTreeMap;
 
+use http::uri::Authority;
 use serde_json::Value;
 
-use super::NameResolutionError;
+use super::{Instances, NameResolutionError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StaticResolver {
-    apps: BTreeMap<String, Vec<String>>,
+    apps: BTreeMap<String, Instances>,
 }
 
 impl StaticResolver {
@@ -45,24 +46,28 @@ impl StaticResolver {
             let mut addresses = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
                 let text = item.as_str().map(str::trim).unwrap_or_default();
-                let valid = text
+                let has_port = text
                     .rsplit_once(':')
                     .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !valid {
+                let address = Authority::try_from(text).ok().filter(|_| has_port);
+                let Some(address) = address else {
                     return Err(invalid(
                         format!("apps.{id}[{i}]"),
                         "must be host:port (the peer sidecar's internal port)",
                     ));
-                }
-                addresses.push(text.to_string());
+                };
+                addresses.push(address);
             }
-            out.insert(id.clone(), addresses);
+            out.insert(id.clone(), Instances::from(addresses));
         }
         Ok(Self { apps: out })
     }
 
-    pub fn resolve(&self, app_id: &str) -> Vec<String> {
-        self.apps.get(app_id).cloned().unwrap_or_default()
+    pub fn resolve(&self, app_id: &str) -> Instances {
+        self.apps
+            .get(app_id)
+            .cloned()
+            .unwrap_or_else(|| Instances::from([]))
     }
 }
 
@@ -74,8 +79,8 @@ mod tests {
     fn reads_the_list() {
         let cfg = serde_json::json!({"apps": {"b": ["127.0.0.1:1", "h:2"], "c": "x:3"}});
         let r = StaticResolver::from_config(Some(&cfg)).unwrap();
-        assert_eq!(r.resolve("b"), ["127.0.0.1:1", "h:2"]);
-        assert_eq!(r.resolve("c"), ["x:3"]);
+        assert_eq!(*r.resolve("b"), ["127.0.0.1:1", "h:2"]);
+        assert_eq!(*r.resolve("c"), ["x:3"]);
         assert!(r.resolve("d").is_empty());
         let bad = serde_json::json!({"apps": {"b": ["nope"]}});
         let err = StaticResolver::from_config(Some(&bad)).unwrap_err();
