@@ -15,6 +15,7 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::TOKEN_HEADER;
 use crate::http1_pool::{Destination, Http1Error, Http1Pool, PoolSettings, PooledBody};
 
 #[derive(Debug, Error)]
@@ -171,7 +172,7 @@ impl AppChannel {
             None => None,
         };
         if let Some(token) = &self.token {
-            req.headers_mut().insert("dapr-api-token", token.clone());
+            req.headers_mut().insert(TOKEN_HEADER, token.clone());
         }
         let resp = match &self.client {
             AppClient::Http1(app) => {

@@ -207,7 +207,9 @@ impl Destination {
         })?;
         // Requests and responses go out in one write each; no reason to wait for ACKs.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| Http1Error::Handshake {
                 authority: authority.clone(),

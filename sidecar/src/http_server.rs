@@ -55,7 +55,8 @@ pub async fn serve<M, S>(
     S: ConnectionService,
 {
     let connections = GracefulShutdown::new();
-    let auto = auto::Builder::new(TokioExecutor::new());
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1().writev(false);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -77,8 +78,9 @@ pub async fn serve<M, S>(
         let service = make_service(peer);
         match protocols {
             Protocols::Http1 => {
-                let connection =
-                    hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .writev(false)
+                    .serve_connection(io, service);
                 spawn_connection(connections.watch(connection), peer);
             }
             Protocols::Http1AndH2c => {

@@ -1,10 +1,11 @@
 //! `DAPR_API_TOKEN`: every API except the two healthz routes needs header `dapr-api-token`.
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-pub const TOKEN_HEADER: &str = "dapr-api-token";
+/// A constant, so looking it up costs a comparison rather than parsing the name every request.
+pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("dapr-api-token");
 
 /// Compares without an early exit, so response time does not reveal how much of a guess matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -39,7 +40,7 @@ pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), InvalidTok
         if !is_exempt(req.uri().path()) {
             let given = req
                 .headers()
-                .get(TOKEN_HEADER)
+                .get(&TOKEN_HEADER)
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
             if !constant_time_eq(given, expected.as_bytes()) {
@@ -47,7 +48,7 @@ pub fn admit(expected: Option<&str>, req: &mut Request) -> Result<(), InvalidTok
             }
         }
     }
-    req.headers_mut().remove(TOKEN_HEADER);
+    req.headers_mut().remove(&TOKEN_HEADER);
     Ok(())
 }
 
