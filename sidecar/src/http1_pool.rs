@@ -90,11 +90,11 @@ pub struct Destination {
 }
 
 impl Http1Pool {
-    pub fn new(settings: PoolSettings) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
             settings,
             destinations: Mutex::new(Destinations::default()),
-        })
+        }
     }
 
     /// The pool's entry for `authority`, created on first use.
@@ -363,7 +363,7 @@ mod tests {
         (authority, accepted)
     }
 
-    fn pool() -> Arc<Http1Pool> {
+    fn pool() -> Http1Pool {
         Http1Pool::new(PoolSettings {
             connect_timeout: Some(Duration::from_secs(5)),
             idle_timeout: Duration::from_secs(90),
@@ -375,7 +375,7 @@ mod tests {
         Request::get(path).body(Body::empty()).unwrap()
     }
 
-    async fn read(pool: &Arc<Http1Pool>, authority: &Authority, path: &str) -> usize {
+    async fn read(pool: &Http1Pool, authority: &Authority, path: &str) -> usize {
         let resp = pool.send(authority, get(path)).await.unwrap();
         resp.into_body().collect().await.unwrap().to_bytes().len()
     }

@@ -2,7 +2,6 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::header::CONTENT_LENGTH;
 use http_body_util::{BodyExt, Limited};
 
 use super::error::ApiError;
@@ -11,23 +10,14 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
-/// Rejects a declared Content-Length over the limit at once; caps streamed bodies so reading
-/// stops at the limit. A body whose exact length the server knows (from its Content-Length,
-/// which hyper never reads past) needs no cap.
+/// Rejects a body whose declared length (its Content-Length, which hyper never reads past) is
+/// over the limit at once, and admits it as it is when within; caps bodies of unknown length
+/// (chunked) so reading stops at the limit.
 pub fn cap(limit: u64, req: Request) -> Result<Request, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::body_too_large(limit));
-    }
-    if http_body::Body::size_hint(req.body())
-        .exact()
-        .is_some_and(|len| len <= limit)
-    {
-        return Ok(req);
+    match http_body::Body::size_hint(req.body()).exact() {
+        Some(len) if len > limit => return Err(ApiError::body_too_large(limit)),
+        Some(_) => return Ok(req),
+        None => {}
     }
     let (parts, body) = req.into_parts();
     let capped = Body::new(Limited::new(

@@ -31,7 +31,7 @@ pub struct Forward(Arc<Shared>);
 
 struct Shared {
     /// To peer sidecars (plain HTTP/1.1).
-    peers: Arc<Http1Pool>,
+    peers: Http1Pool,
     /// To external services (`http` and `https`), built on first use (loading the system's
     /// root certificates is not worth delaying every start-up for); `None` when no trusted root
     /// certificates could be loaded, in which case only `http` endpoints work.
