@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::TOKEN_HEADER;
-use crate::http1_pool::{Destination, Http1Error, Http1Pool, PoolSettings, PooledBody};
+use crate::http1::pool::{Destination, Http1Error, Http1Pool, PoolSettings, PooledBody};
 
 #[derive(Debug, Error)]
 pub enum AppChannelError {

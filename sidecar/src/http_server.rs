@@ -14,7 +14,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// A service for one connection: requests in, responses out, never an error (failures are
@@ -35,61 +35,51 @@ where
     type Pending = S::Future;
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum Protocols {
-    /// HTTP/1.1 only (the internal port: peers' pools speak nothing else).
-    Http1,
-    /// HTTP/1.1, and HTTP/2 without TLS for clients that open with its preface.
-    Http1AndH2c,
-}
-
-/// Serves `listener` until `shutdown`, then waits for open requests to finish (the caller
-/// bounds the wait).
-pub async fn serve<M, S>(
-    listener: TcpListener,
-    protocols: Protocols,
-    shutdown: CancellationToken,
-    make_service: M,
-) where
+/// Serves `listener` with HTTP/1.1, and HTTP/2 without TLS for clients that open with its
+/// preface, until `shutdown`; then waits for open requests to finish (the caller bounds the
+/// wait).
+pub async fn serve<M, S>(listener: TcpListener, shutdown: CancellationToken, make_service: M)
+where
     M: Fn(SocketAddr) -> S,
     S: ConnectionService,
 {
     let connections = GracefulShutdown::new();
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1().writev(false);
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+        let service = make_service(peer);
+        let connection = auto
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        spawn_connection(connections.watch(connection), peer);
+    }
+    connections.shutdown().await;
+}
+
+/// The next connection, set to send without Nagle's delay; `None` at shutdown.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return None,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY not set on a connection from {peer}: {e}");
+                }
+                return Some((stream, peer));
+            }
             Err(e) => {
                 // Out of file descriptors, typically: wait rather than spin.
                 tracing::warn!("accepting a connection failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set on a connection from {peer}: {e}");
-        }
-        let io = TokioIo::new(stream);
-        let service = make_service(peer);
-        match protocols {
-            Protocols::Http1 => {
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .writev(false)
-                    .serve_connection(io, service);
-                spawn_connection(connections.watch(connection), peer);
-            }
-            Protocols::Http1AndH2c => {
-                let connection = auto.serve_connection(io, service).into_owned();
-                spawn_connection(connections.watch(connection), peer);
             }
         }
     }
-    connections.shutdown().await;
 }
 
 fn spawn_connection<F, E>(connection: F, peer: SocketAddr)

@@ -6,7 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod component_set;
 pub mod delivery;
-pub mod http1_pool;
+pub mod http1;
 pub mod http_server;
 pub mod invoke;
 pub mod kubernetes;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppChannel, AppChannelConfig, HealthCheck};
 use crate::cli::flags::SidecarArgs;
 use crate::component_set::{ComponentSet, ComponentSetError};
-use crate::http_server::{self, Protocols};
+use crate::http_server;
 use crate::metrics::Metrics;
 use crate::resiliency::Resiliency;
 
@@ -377,7 +377,6 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
         let api = api.clone();
         servers.spawn(http_server::serve(
             listener,
-            Protocols::Http1AndH2c,
             rt.shutdown.clone(),
             move |peer| api.service(peer),
         ));
@@ -465,7 +464,6 @@ fn spawn_server(
 ) {
     servers.spawn(http_server::serve(
         listener,
-        Protocols::Http1AndH2c,
         shutdown.clone(),
         move |peer| http_server::router_service(router.clone(), peer),
     ));
@@ -494,11 +492,14 @@ async fn serve_internal(
     listeners.extend(bind_all(&rest, port).await?);
     for listener in listeners {
         let rt = rt.clone();
-        servers.spawn(http_server::serve(
+        let shutdown = rt.shutdown.clone();
+        servers.spawn(crate::http1::server::serve(
             listener,
-            Protocols::Http1,
-            rt.shutdown.clone(),
-            move |_| crate::invoke::internal::service(rt.clone()),
+            shutdown,
+            move |req| {
+                let rt = rt.clone();
+                async move { crate::invoke::internal::handle(&rt, req).await }
+            },
         ));
     }
     tracing::info!("internal invocation port {port} (HTTP)");

@@ -17,7 +17,7 @@ use tower::Service;
 use super::headers::{strip_hop_by_hop, INSTANCE_UNAVAILABLE};
 use super::tls::{client_config, https_client, HttpsClient, HTTP_ENDPOINT_TLS};
 use super::{body_error, Call, CallBody, InvokeError, InvokeTarget};
-use crate::http1_pool::{Http1Pool, PoolSettings};
+use crate::http1::pool::{Http1Pool, PoolSettings};
 use crate::naming::{Balancer, Resolver};
 
 /// Idle keep-alive connections to peers are closed after this long.

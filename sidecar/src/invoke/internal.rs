@@ -4,33 +4,20 @@
 //!
 //! Tandem speaks plain HTTP/1.1 between sidecars (Dapr uses gRPC with mTLS); the request is the
 //! app's request itself, with the `dapr-callee-app-id` header naming the app it is for. The port
-//! has one handler and one protocol, so it is served by hyper directly, without a router.
-
-use std::convert::Infallible;
-use std::sync::Arc;
+//! has one handler and one protocol, served by `http1::server` without a router.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 
 use super::headers::{strip_hop_by_hop, CALLEE_APP_ID, INSTANCE_UNAVAILABLE};
 use super::{InvokeError, InvokeFailure};
 use crate::api::error::ApiError;
 use crate::app::AppChannelError;
-use crate::http_server::ConnectionService;
 use crate::runtime::Runtime;
 
-/// The service for one connection to the internal port.
-pub fn service(rt: Arc<Runtime>) -> impl ConnectionService {
-    service_fn(move |req: Request<Incoming>| {
-        let rt = rt.clone();
-        async move { Ok::<_, Infallible>(handle(&rt, req.map(Body::new)).await) }
-    })
-}
-
-async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
+/// Answers one request to the internal port.
+pub async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
     let own_id = rt.settings.app_id.as_str();
     let callee = req
         .headers()

@@ -1,11 +1,10 @@
 //! Pooled keep-alive HTTP/1.1 connections over plain TCP, for the two hops every invocation
 //! makes: the caller's sidecar to the callee's internal port, and a sidecar to its app.
 //!
-//! hyper-util's general-purpose client does more per request than these hops need (a checkout
-//! that races a lazy connect, and a spawned task per response to return the connection). Here a
-//! request takes the most recently used idle connection of its authority, and the connection
-//! goes back to the pool when the response body has been read to its end. A response body
-//! dropped early closes its connection, as HTTP/1.1 cannot reuse it.
+//! A request takes the most recently used idle connection of its authority (see
+//! `client` for how it is driven), and the connection goes back to the pool when the
+//! response body has been read to its end. A response body dropped early closes its
+//! connection, as HTTP/1.1 cannot reuse it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -18,16 +17,17 @@ use axum::body::Body;
 use fnv::FnvHasher;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Past this many authorities, adding one first drops those without an open connection.
+use super::client::{Connection, ExchangeError, ResponseBody};
+use super::wire::BodyError;
+
+/// Past this many authorities, adding one first drops those without an idle connection.
 const MAX_AUTHORITIES: usize = 64;
 
 #[derive(Debug, Error)]
@@ -42,19 +42,14 @@ pub enum Http1Error {
         authority: Authority,
         after: Duration,
     },
-    #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
-    Handshake {
-        authority: Authority,
-        source: hyper::Error,
-    },
-    #[error("{0}")]
-    Request(#[source] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 impl Http1Error {
     /// The request was not sent: no connection could be made.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, Http1Error::Request(_))
+        !matches!(self, Http1Error::Exchange(_))
     }
 }
 
@@ -67,7 +62,7 @@ pub struct PoolSettings {
 }
 
 struct IdleConnection {
-    sender: SendRequest<Body>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -104,9 +99,9 @@ impl Http1Pool {
             return found.clone();
         }
         // Authorities come and go with instances: when a new one arrives, forget those without
-        // an open connection.
+        // an idle connection (and no request under way, which would hold the entry too).
         if destinations.len() >= MAX_AUTHORITIES {
-            destinations.retain(|_, d| d.idle.lock().iter().any(|c| !c.sender.is_closed()));
+            destinations.retain(|_, d| Arc::strong_count(d) > 1 || !d.idle.lock().is_empty());
         }
         let destination = Arc::new(Destination {
             authority: authority.clone(),
@@ -130,66 +125,58 @@ impl Http1Pool {
 
 impl Destination {
     /// Sends `req` (origin-form URI) as HTTP/1.1 on an idle connection, or a new one. A missing
-    /// Host header is set to the authority. A request that an idle connection could not take
-    /// (closed by the peer meanwhile) goes to the next one, or to a new connection.
+    /// Host header is set to the authority.
     pub async fn send(
         self: Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, Http1Error> {
-        // The hop is HTTP/1.1 whatever the request came in as (HTTP/2 to the API, or 1.0).
-        *req.version_mut() = http::Version::HTTP_11;
         if let Some(host) = &self.host {
             if let http::header::Entry::Vacant(slot) = req.headers_mut().entry(http::header::HOST) {
                 slot.insert(host.clone());
             }
         }
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(sender, resp)),
-                Err(mut unsent) => match unsent.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(Http1Error::Request(unsent.into_error())),
-                },
-            }
+        let conn = match self.checkout() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let mut resp = conn.exchange(req).await?;
+        // A body already at its end (empty, or a HEAD response) frees the connection now.
+        if let Some(conn) = resp.body_mut().reusable_connection() {
+            self.checkin(conn);
         }
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(Http1Error::Request)?;
-        Ok(self.wrap(sender, resp))
+        Ok(resp.map(|body| PooledBody {
+            source: Source::Pooled {
+                body,
+                destination: self,
+            },
+            permit: None,
+        }))
     }
 
-    /// The most recently used live idle connection.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock();
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < self.settings.idle_timeout {
-                return Some(conn.sender);
+        while let Some(idle_conn) = idle.pop() {
+            if idle_conn.since.elapsed() < self.settings.idle_timeout && idle_conn.conn.is_open() {
+                return Some(idle_conn.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, conn: Connection) {
         let mut idle = self.idle.lock();
         let timeout = self.settings.idle_timeout;
-        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+        idle.retain(|c| c.since.elapsed() < timeout);
         if idle.len() < self.settings.max_idle_per_authority {
             idle.push(IdleConnection {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, Http1Error> {
+    async fn connect(&self) -> Result<Connection, Http1Error> {
         let authority = &self.authority;
         let connecting = TcpStream::connect(authority.as_str());
         let stream = match self.settings.connect_timeout {
@@ -207,70 +194,40 @@ impl Destination {
         })?;
         // Requests and responses go out in one write each; no reason to wait for ACKs.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| Http1Error::Handshake {
-                authority: authority.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {e}");
-            }
-        });
-        Ok(sender)
-    }
-
-    fn wrap(
-        self: Arc<Self>,
-        sender: SendRequest<Body>,
-        resp: Response<Incoming>,
-    ) -> Response<PooledBody> {
-        let mut release = Some(Release {
-            destination: self,
-            sender,
-        });
-        if resp.body().is_end_stream() {
-            if let Some(r) = release.take() {
-                r.back();
-            }
-        }
-        resp.map(|inner| PooledBody {
-            inner,
-            release,
-            permit: None,
-        })
+        Ok(Connection::new(stream))
     }
 }
 
-/// What returns a connection to its pool.
-struct Release {
-    destination: Arc<Destination>,
-    sender: SendRequest<Body>,
-}
-
-impl Release {
-    fn back(self) {
-        self.destination.checkin(self.sender);
-    }
+/// How a response body failed.
+#[derive(Debug, Error)]
+pub enum PooledBodyError {
+    #[error(transparent)]
+    Http1(#[from] BodyError),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
 }
 
 /// A response body that returns its connection to the pool once read to its end, and holds a
 /// concurrency permit (of the app channel) until it is dropped.
 pub struct PooledBody {
-    inner: Incoming,
-    release: Option<Release>,
+    source: Source,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Source {
+    Pooled {
+        body: ResponseBody,
+        destination: Arc<Destination>,
+    },
+    /// HTTP/2 to the app, whose connection hyper manages.
+    Unpooled(Incoming),
 }
 
 impl PooledBody {
     /// A body whose connection is not pooled here (HTTP/2 to the app).
     pub fn unpooled(inner: Incoming) -> Self {
         Self {
-            inner,
-            release: None,
+            source: Source::Unpooled(inner),
             permit: None,
         }
     }
@@ -283,35 +240,35 @@ impl PooledBody {
 
 impl http_body::Body for PooledBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = PooledBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release_connection(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release_connection(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+        match &mut self.source {
+            Source::Pooled { body, destination } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(conn) = body.reusable_connection() {
+                    destination.checkin(conn);
+                }
+                polled.map_err(PooledBodyError::from)
+            }
+            Source::Unpooled(body) => Pin::new(body).poll_frame(cx).map_err(PooledBodyError::from),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Pooled { body, .. } => body.is_end_stream(),
+            Source::Unpooled(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl PooledBody {
-    fn release_connection(&mut self) {
-        if let Some(release) = self.release.take() {
-            release.back();
+        match &self.source {
+            Source::Pooled { body, .. } => body.size_hint(),
+            Source::Unpooled(body) => body.size_hint(),
         }
     }
 }
@@ -320,8 +277,10 @@ impl PooledBody {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body::Body as _;
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
 
     use super::*;
 
@@ -433,6 +392,43 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(read(&pool, &authority, "/?n=1").await, 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_closed_while_idle_are_not_reused() {
+        // Answers one request per connection, then closes it without saying so (as servers do
+        // when their keep-alive timeout passes).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut byte)
+                        .await
+                        .unwrap();
+                    head.push(byte[0]);
+                }
+                tokio::io::AsyncWriteExt::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                )
+                .await
+                .unwrap();
+            }
+        });
+        let pool = pool();
+        for _ in 0..3 {
+            assert_eq!(read(&pool, &authority, "/").await, 2);
+            // Time for the close to reach this side.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -1,0 +1,460 @@
+//! What the client and the server share: reading bytes into a buffer, header maps built over
+//! the received head, body framing (length, chunked, until close) both ways, and the errors.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use thiserror::Error;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+
+/// Longest head accepted (start line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers accepted in one head.
+pub const MAX_HEADERS: usize = 128;
+/// Longest chunk-size or trailer line accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Free space ensured in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes gathered before they are written; larger body chunks are written directly.
+pub const WRITE_BUFFER: usize = 64 * 1024;
+
+/// How reading a message body failed.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("reading the body failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the connection closed before the body ended")]
+    Closed,
+    #[error("invalid chunked body: {0}")]
+    InvalidChunk(&'static str),
+}
+
+/// How writing a message failed.
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("reading the body to send failed: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the body to send ended after {sent} of its {declared} declared bytes")]
+    Length { declared: u64, sent: u64 },
+    #[error("writing failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// The read side of a connection and the bytes received but not consumed yet.
+#[derive(Debug)]
+pub struct Input {
+    pub reader: OwnedReadHalf,
+    pub buf: BytesMut,
+}
+
+impl Input {
+    pub fn new(reader: OwnedReadHalf) -> Self {
+        Self {
+            reader,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `0` at the end of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buf)
+    }
+
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// The next piece of a body framed by `decoder`, reading as needed.
+    pub fn poll_body(
+        &mut self,
+        decoder: &mut Decoder,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            match decoder.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if *decoder == Decoder::UntilClose => {
+                    *decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(BodyError::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(BodyError::Read(e)))),
+            }
+        }
+    }
+}
+
+/// Where each parsed header lies in the received bytes, so that the header map can share them
+/// instead of copying each value.
+pub struct HeaderSpans(Vec<(HeaderName, Range<usize>)>);
+
+impl HeaderSpans {
+    /// Notes `headers`, parsed from the buffer starting at `base`.
+    pub fn note(headers: &[httparse::Header<'_>], base: *const u8) -> Result<Self, String> {
+        let base = base as usize;
+        let mut spans = Vec::with_capacity(headers.len());
+        for header in headers {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| format!("invalid header name {:?}", header.name))?;
+            let from = header.value.as_ptr() as usize - base;
+            spans.push((name, from..from + header.value.len()));
+        }
+        Ok(Self(spans))
+    }
+
+    /// The header map, its values slices of `head` (the bytes the spans were noted in).
+    pub fn into_map(self, head: &Bytes) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::with_capacity(self.0.len());
+        for (name, span) in self.0 {
+            let value = HeaderValue::from_maybe_shared(head.slice(span))
+                .map_err(|_| format!("invalid value of header {name}"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Whether a `Connection` header lists `option`.
+pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(option.as_bytes()))
+    })
+}
+
+/// Whether the last transfer coding is `chunked`; `None` without `Transfer-Encoding`.
+pub fn is_chunked(headers: &HeaderMap) -> Option<bool> {
+    let encoding = headers.get_all(TRANSFER_ENCODING).iter().next_back()?;
+    let last = encoding.as_bytes().rsplit(|b| *b == b',').next();
+    Some(last.is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")))
+}
+
+/// The `Content-Length`, when given; several differing values are an error.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let parsed = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or_else(|| format!("invalid content-length {value:?}"))?;
+            if length.is_some_and(|known| known != parsed) {
+                return Err("differing content-length values".into());
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Writes every header but the framing ones, which the writer decides.
+pub fn encode_headers(buf: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How an outgoing body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+    /// By closing the connection (a response to an HTTP/1.0 request of unknown length).
+    UntilClose,
+}
+
+impl Framing {
+    /// The framing header, if any, ending the head.
+    pub fn encode_header(self, buf: &mut Vec<u8>) {
+        match self {
+            Framing::Length(n) => {
+                buf.extend_from_slice(b"content-length: ");
+                buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                buf.extend_from_slice(b"\r\n");
+            }
+            Framing::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Framing::UntilClose => {}
+        }
+    }
+}
+
+/// Writes what `buf` holds (an encoded head), then `body` framed as `framing`. Frames the body
+/// has ready are gathered into one write; before waiting for more, what was gathered goes out.
+pub async fn write_body<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &mut Vec<u8>,
+    mut body: Body,
+    framing: Framing,
+) -> Result<(), WriteError> {
+    let chunked = framing == Framing::Chunked;
+    let mut sent = 0u64;
+    loop {
+        let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+        let frame = match ready.await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                flush(writer, buf).await?;
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(WriteError::Body(e.into())),
+            // Trailers are not sent.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if let Framing::Length(declared) = framing {
+            if sent > declared {
+                return Err(WriteError::Length { declared, sent });
+            }
+        }
+        if chunked {
+            buf.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+        }
+        if buf.len() + data.len() <= WRITE_BUFFER {
+            buf.extend_from_slice(&data);
+        } else {
+            flush(writer, buf).await?;
+            writer.write_all(&data).await.map_err(WriteError::Io)?;
+        }
+        if chunked {
+            buf.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Length(declared) if sent != declared => {
+            return Err(WriteError::Length { declared, sent })
+        }
+        Framing::Chunked => buf.extend_from_slice(b"0\r\n\r\n"),
+        _ => {}
+    }
+    flush(writer, buf).await
+}
+
+async fn flush<W: AsyncWrite + Unpin>(writer: &mut W, buf: &mut Vec<u8>) -> Result<(), WriteError> {
+    if !buf.is_empty() {
+        writer.write_all(buf).await.map_err(WriteError::Io)?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Where an incoming body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// The body ends when the peer closes the connection.
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk-size line comes next.
+    Size,
+    /// This many bytes of the current chunk are still to come.
+    Data(u64),
+    /// The CRLF ending a chunk's data comes next.
+    DataEnd,
+    /// Trailer lines come next, up to an empty line.
+    Trailers,
+}
+
+/// What decoding found in the buffered bytes.
+pub enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+impl Decoder {
+    pub fn length(length: u64) -> Self {
+        if length == 0 {
+            Decoder::Done
+        } else {
+            Decoder::Length(length)
+        }
+    }
+
+    pub fn chunked() -> Self {
+        Decoder::Chunked(Chunk::Size)
+    }
+
+    pub fn size_hint(self) -> http_body::SizeHint {
+        match self {
+            Decoder::Length(left) => http_body::SizeHint::with_exact(left),
+            Decoder::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
+        loop {
+            match *self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::UntilClose if buf.is_empty() => return Ok(Decoded::NeedMore),
+                Decoder::UntilClose => return Ok(Decoded::Data(buf.split().freeze())),
+                Decoder::Length(left) => {
+                    let Some(data) = take(buf, left) else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    *self = Decoder::length(left - data.len() as u64);
+                    return Ok(Decoded::Data(data));
+                }
+                Decoder::Chunked(Chunk::Data(left)) => {
+                    let Some(data) = take(buf, left) else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let left = left - data.len() as u64;
+                    *self = Decoder::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Decoded::Data(data));
+                }
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(BodyError::InvalidChunk("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    *self = Decoder::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Decoder::Chunked(Chunk::Trailers) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        *self = Decoder::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Up to `left` buffered bytes, or `None` when nothing is buffered.
+fn take(buf: &mut BytesMut, left: u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    Some(buf.split_to(n).freeze())
+}
+
+/// A CRLF-terminated line without its CRLF, once it has fully arrived.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, BodyError> {
+    match memchr::memchr(b'\n', buf) {
+        Some(end) if end > MAX_CHUNK_LINE => Err(BodyError::InvalidChunk("line too long")),
+        Some(end) => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_CHUNK_LINE => Err(BodyError::InvalidChunk("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// The size on a chunk-size line (hexadecimal, optionally followed by extensions).
+fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() {
+        return Err(BodyError::InvalidChunk("empty chunk size"));
+    }
+    digits.iter().try_fold(0u64, |size, digit| {
+        let value = (*digit as char)
+            .to_digit(16)
+            .ok_or(BodyError::InvalidChunk("chunk size is not hexadecimal"))?;
+        size.checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(value)))
+            .ok_or(BodyError::InvalidChunk("chunk size too large"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hexadecimal_and_bounded() {
+        assert_eq!(chunk_size(b"1aF").unwrap(), 0x1af);
+        assert_eq!(chunk_size(b"10 ; name=value").unwrap(), 16);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"xyz").is_err());
+        assert!(chunk_size(b"11112222333344445").is_err());
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut decoder = Decoder::chunked();
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut body = Vec::new();
+            let mut drain = |decoder: &mut Decoder, buf: &mut BytesMut| {
+                while let Decoded::Data(data) = decoder.decode(buf).unwrap() {
+                    body.extend_from_slice(&data);
+                }
+            };
+            drain(&mut decoder, &mut buf);
+            buf.extend_from_slice(&wire[split..]);
+            drain(&mut decoder, &mut buf);
+            assert_eq!(decoder, Decoder::Done, "split at {split}");
+            assert_eq!(body, b"hello world", "split at {split}");
+            assert!(buf.is_empty());
+        }
+    }
+}
