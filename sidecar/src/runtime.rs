@@ -378,7 +378,7 @@ pub async fn run(args: SidecarArgs) -> Result<(), StartupError> {
         servers.spawn(http_server::serve(
             listener,
             rt.shutdown.clone(),
-            move |peer| api.service(peer),
+            move |peer| api.handler(peer),
         ));
     }
     let internal_port = serve_internal(&rt, &mut servers).await?;
@@ -465,7 +465,10 @@ fn spawn_server(
     servers.spawn(http_server::serve(
         listener,
         shutdown.clone(),
-        move |peer| http_server::router_service(router.clone(), peer),
+        move |peer| http_server::RouterHandler {
+            router: router.clone(),
+            peer,
+        },
     ));
 }
 
@@ -491,16 +494,9 @@ async fn serve_internal(
     // Other addresses share the port the first one got.
     listeners.extend(bind_all(&rest, port).await?);
     for listener in listeners {
-        let rt = rt.clone();
         let shutdown = rt.shutdown.clone();
-        servers.spawn(crate::http1::server::serve(
-            listener,
-            shutdown,
-            move |req| {
-                let rt = rt.clone();
-                async move { crate::invoke::internal::handle(&rt, req).await }
-            },
-        ));
+        let handler = crate::invoke::internal::InternalPort(rt.clone());
+        servers.spawn(crate::http1::server::serve(listener, shutdown, handler));
     }
     tracing::info!("internal invocation port {port} (HTTP)");
     Ok(port)

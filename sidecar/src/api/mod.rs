@@ -18,11 +18,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::middleware;
+use axum::response::Response;
 use axum::Router;
 use http::Request;
-use hyper::body::Incoming;
 
-use crate::http_server::ConnectionService;
+use crate::http1::server::Handler;
 use crate::runtime::Runtime;
 
 /// The router of the API port.
@@ -86,21 +86,34 @@ impl ApiPort {
         }
     }
 
-    /// The service for one connection from `peer`.
-    pub fn service(&self, peer: SocketAddr) -> impl ConnectionService {
+    /// The handler for one connection from `peer`.
+    pub fn handler(&self, peer: SocketAddr) -> ApiHandler {
         // One reference count per request instead of one per field.
-        let port = Arc::new(self.clone());
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let port = port.clone();
-            async move {
-                let mut req = req.map(Body::new);
-                if invoke::is_path_form(req.uri().path()) {
-                    let handler = |req| invoke::path_form(&port.rt, req, Some(peer));
-                    return Ok(port.guard.run(req, invoke::PATH_ROUTE, handler).await);
-                }
-                req.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(port.router.clone(), req).await
-            }
-        })
+        ApiHandler {
+            port: Arc::new(self.clone()),
+            peer,
+        }
+    }
+}
+
+/// The API port's handler for one connection.
+#[derive(Clone)]
+pub struct ApiHandler {
+    port: Arc<ApiPort>,
+    peer: SocketAddr,
+}
+
+impl Handler for ApiHandler {
+    async fn call(&self, mut req: Request<Body>) -> Response {
+        let port = &self.port;
+        if invoke::is_path_form(req.uri().path()) {
+            let handler = |req| invoke::path_form(&port.rt, req, Some(self.peer));
+            return port.guard.run(req, invoke::PATH_ROUTE, handler).await;
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        match tower::ServiceExt::oneshot(port.router.clone(), req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
     }
 }

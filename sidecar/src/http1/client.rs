@@ -208,32 +208,23 @@ fn parse_head(
         Some(0) => http::Version::HTTP_10,
         _ => http::Version::HTTP_11,
     };
-    let spans = HeaderSpans::note(parsed.headers, buf.as_ptr()).map_err(invalid)?;
+    let (spans, facts) = HeaderSpans::note(parsed.headers, buf.as_ptr()).map_err(invalid)?;
     let headers = spans
         .into_map(&buf.split_to(len).freeze())
         .map_err(invalid)?;
-    let keep_alive = match version {
-        http::Version::HTTP_10 => wire::connection_has(&headers, "keep-alive"),
-        _ => !wire::connection_has(&headers, "close"),
-    };
     let no_body = is_head
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || status == StatusCode::SWITCHING_PROTOCOLS;
-    let decoder = if no_body {
-        Decoder::Done
-    } else {
-        match wire::is_chunked(&headers) {
-            Some(true) => Decoder::chunked(),
-            Some(false) => Decoder::UntilClose,
-            None => match wire::content_length(&headers).map_err(invalid)? {
-                Some(length) => Decoder::length(length),
-                None => Decoder::UntilClose,
-            },
-        }
+    let decoder = match (no_body, facts.chunked, facts.content_length) {
+        (true, _, _) => Decoder::Done,
+        (false, Some(true), _) => Decoder::chunked(),
+        (false, Some(false), _) | (false, None, None) => Decoder::UntilClose,
+        (false, None, Some(length)) => Decoder::length(length),
     };
-    let keep_alive =
-        keep_alive && status != StatusCode::SWITCHING_PROTOCOLS && decoder != Decoder::UntilClose;
+    let keep_alive = facts.persistent(version)
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && decoder != Decoder::UntilClose;
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;

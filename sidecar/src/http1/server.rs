@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, DATE};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
@@ -35,7 +35,7 @@ use super::wire::{
 
 /// Why a connection ended early.
 #[derive(Debug, Error)]
-enum ConnectionError {
+pub enum ConnectionError {
     #[error("reading the request failed: {0}")]
     Read(#[source] io::Error),
     #[error("bad request: {0}")]
@@ -52,13 +52,14 @@ struct RequestHead {
     expect_continue: bool,
 }
 
+/// Answers requests; failures are responses too.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+}
+
 /// Serves `listener` until `shutdown`, then waits for requests under way to finish (the caller
 /// bounds the wait). Idle connections close at shutdown.
-pub async fn serve<H, F>(listener: TcpListener, shutdown: CancellationToken, handler: H)
-where
-    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send,
-{
+pub async fn serve<H: Handler>(listener: TcpListener, shutdown: CancellationToken, handler: H) {
     let connections = TaskTracker::new();
     while let Some((stream, peer)) = crate::http_server::accept(&listener, &shutdown).await {
         let handler = handler.clone();
@@ -73,15 +74,13 @@ where
     connections.wait().await;
 }
 
-async fn serve_connection<H, F>(
+/// Serves requests on `stream` in turn, until the client closes it or `shutdown` comes while it
+/// is idle.
+pub async fn serve_connection<H: Handler>(
     stream: TcpStream,
     handler: &H,
     shutdown: &CancellationToken,
-) -> Result<(), ConnectionError>
-where
-    H: Fn(Request<Body>) -> F,
-    F: Future<Output = Response<Body>>,
-{
+) -> Result<(), ConnectionError> {
     let (reader, mut writer) = stream.into_split();
     let mut input = Input::new(reader);
     let mut out = Vec::new();
@@ -95,9 +94,11 @@ where
             Ok(Some(head)) => head,
             Ok(None) => return Ok(()),
             Err(ConnectionError::BadRequest(why)) => {
-                let answer =
-                    b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-                let _ = writer.write_all(answer).await;
+                out.clear();
+                encode_status_line(&mut out, Version::HTTP_11, StatusCode::BAD_REQUEST);
+                encode_date(&mut out);
+                out.extend_from_slice(b"connection: close\r\ncontent-length: 0\r\n\r\n");
+                let _ = writer.write_all(&out).await;
                 return Err(ConnectionError::BadRequest(why));
             }
             Err(e) => return Err(e),
@@ -115,18 +116,14 @@ where
 }
 
 /// Handles one request; returns the connection's input when it can take another.
-async fn respond<H, F>(
+async fn respond<H: Handler>(
     mut input: Input,
     head: RequestHead,
     writer: &mut OwnedWriteHalf,
     out: &mut Vec<u8>,
     handler: &H,
     shutdown: &CancellationToken,
-) -> Result<Option<Input>, ConnectionError>
-where
-    H: Fn(Request<Body>) -> F,
-    F: Future<Output = Response<Body>>,
-{
+) -> Result<Option<Input>, ConnectionError> {
     let version = head.parts.version;
     let is_head = head.parts.method == Method::HEAD;
     // A body that arrived whole is handed over as bytes; a longer one streams from the socket.
@@ -147,7 +144,7 @@ where
             (Body::new(RequestBody(shared.clone())), None, Some(shared))
         }
     };
-    let resp = handler(Request::from_parts(head.parts, body)).await;
+    let resp = handler.call(Request::from_parts(head.parts, body)).await;
     // Take the input back; the connection goes on only if the request body was read whole.
     let input = match streamed {
         None => kept,
@@ -188,6 +185,9 @@ where
         wire::encode_headers(out, &parts.headers);
         framing.encode_header(out);
     }
+    if !parts.headers.contains_key(DATE) {
+        encode_date(out);
+    }
     if input.is_none() {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
@@ -200,6 +200,27 @@ where
         .await
         .map_err(ConnectionError::Write)?;
     Ok(input)
+}
+
+/// A `date` header, as every HTTP/1.1 origin server sends (Go's net/http too); the text is
+/// formatted once per second per thread.
+fn encode_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(cached_second, text)| {
+        if *cached_second != second || text.is_empty() {
+            *cached_second = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 fn encode_status_line(out: &mut Vec<u8>, version: Version, status: StatusCode) {
@@ -256,22 +277,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, ConnectionError
     let path = parsed.path.unwrap_or("/");
     let base = buf.as_ptr() as usize;
     let path_span = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();
-    let spans = HeaderSpans::note(parsed.headers, buf.as_ptr()).map_err(bad)?;
+    let (spans, facts) = HeaderSpans::note(parsed.headers, buf.as_ptr()).map_err(bad)?;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|e| bad(e.to_string()))?;
     let headers = spans.into_map(&head).map_err(bad)?;
-    let decoder = match wire::is_chunked(&headers) {
+    let decoder = match facts.chunked {
         Some(true) => Decoder::chunked(),
         Some(false) => return Err(bad("a transfer coding other than chunked".into())),
-        None => Decoder::length(wire::content_length(&headers).map_err(bad)?.unwrap_or(0)),
+        None => Decoder::length(facts.content_length.unwrap_or(0)),
     };
-    let keep_alive = match version {
-        Version::HTTP_10 => wire::connection_has(&headers, "keep-alive"),
-        _ => !wire::connection_has(&headers, "close"),
-    };
-    let expect_continue = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let keep_alive = facts.persistent(version);
+    let expect_continue = facts.expect_continue;
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -336,6 +352,15 @@ mod tests {
     use super::*;
 
     /// Answers with the method, path, and body length it read; `/ignore` reads no body.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn call(&self, req: Request<Body>) -> Response<Body> {
+            echo(req).await
+        }
+    }
+
     async fn echo(req: Request<Body>) -> Response<Body> {
         let line = format!("{} {}", req.method(), req.uri());
         if req.uri().path() == "/ignore" {
@@ -350,12 +375,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, shutdown.clone(), echo));
+        tokio::spawn(serve(listener, shutdown.clone(), Echo));
         (addr, shutdown)
     }
 
-    /// Writes `request` and reads until `expected` responses' worth of `\r\n\r\n` heads and
-    /// their bodies arrived, or the server closed the connection.
+    /// Writes `request` and reads what comes back until the server closes the connection or
+    /// falls silent; `date` lines are checked and removed.
     async fn raw(stream: &mut TcpStream, request: &[u8]) -> String {
         stream.write_all(request).await.unwrap();
         let mut seen = Vec::new();
@@ -368,7 +393,13 @@ mod tests {
                 Ok(Err(e)) => panic!("{e}"),
             }
         }
-        String::from_utf8(seen).unwrap()
+        // Every answer carries a date; the tests compare the rest.
+        let seen = String::from_utf8(seen).unwrap();
+        assert!(seen.is_empty() || seen.contains("\r\ndate: "), "{seen}");
+        seen.split("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
     }
 
     #[tokio::test]
@@ -479,7 +510,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, shutdown.clone(), echo));
+        let server = tokio::spawn(serve(listener, shutdown.clone(), Echo));
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let seen = raw(&mut stream, b"GET /one HTTP/1.1\r\n\r\n").await;
         assert!(seen.ends_with("GET /one Ok(0)"), "{seen}");

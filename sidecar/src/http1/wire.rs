@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -22,8 +22,11 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 128;
 /// Longest chunk-size or trailer line accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Free space ensured in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Free space ensured in the read buffer before a read: the first, and the most a read that
+/// filled it grows it to (bodies streaming through get larger reads, idle connections keep small
+/// buffers).
+const FIRST_READ: usize = 8 * 1024;
+const LARGEST_READ: usize = 64 * 1024;
 /// Bytes gathered before they are written; larger body chunks are written directly.
 pub const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -54,6 +57,7 @@ pub enum WriteError {
 pub struct Input {
     pub reader: OwnedReadHalf,
     pub buf: BytesMut,
+    read_size: usize,
 }
 
 impl Input {
@@ -61,13 +65,23 @@ impl Input {
         Self {
             reader,
             buf: BytesMut::new(),
+            read_size: FIRST_READ,
         }
     }
 
     /// Reads more bytes into the buffer; `0` at the end of the stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buf)
+        self.buf.reserve(self.read_size);
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.reader),
+            cx,
+            &mut self.buf
+        ));
+        if matches!(read, Ok(n) if n == room) {
+            self.read_size = (self.read_size * 2).min(LARGEST_READ);
+        }
+        Poll::Ready(read)
     }
 
     pub async fn fill(&mut self) -> io::Result<usize> {
@@ -100,22 +114,88 @@ impl Input {
     }
 }
 
+/// What a head's headers say about the message's framing and the connection, gathered while
+/// the headers are noted (instead of looking each one up in the map afterwards).
+#[derive(Debug, Default)]
+pub struct HeadFacts {
+    pub content_length: Option<u64>,
+    /// Whether the last transfer coding is `chunked`; `None` without `Transfer-Encoding`.
+    pub chunked: Option<bool>,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+impl HeadFacts {
+    fn learn(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), String> {
+        if name == CONTENT_LENGTH {
+            for part in value.split(|b| *b == b',') {
+                let parsed = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid content-length {:?}",
+                            String::from_utf8_lossy(value)
+                        )
+                    })?;
+                if self.content_length.is_some_and(|known| known != parsed) {
+                    return Err("differing content-length values".into());
+                }
+                self.content_length = Some(parsed);
+            }
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == EXPECT {
+            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(())
+    }
+
+    /// Whether the connection stays open after this message, by its version's default.
+    pub fn persistent(&self, version: http::Version) -> bool {
+        if version == http::Version::HTTP_10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
+    }
+}
+
 /// Where each parsed header lies in the received bytes, so that the header map can share them
 /// instead of copying each value.
 pub struct HeaderSpans(Vec<(HeaderName, Range<usize>)>);
 
 impl HeaderSpans {
-    /// Notes `headers`, parsed from the buffer starting at `base`.
-    pub fn note(headers: &[httparse::Header<'_>], base: *const u8) -> Result<Self, String> {
+    /// Notes `headers`, parsed from the buffer starting at `base`, and what they say about
+    /// framing.
+    pub fn note(
+        headers: &[httparse::Header<'_>],
+        base: *const u8,
+    ) -> Result<(Self, HeadFacts), String> {
         let base = base as usize;
         let mut spans = Vec::with_capacity(headers.len());
+        let mut facts = HeadFacts::default();
         for header in headers {
-            let name = HeaderName::from_bytes(header.name.as_bytes())
-                .map_err(|_| format!("invalid header name {:?}", header.name))?;
+            let name = match known_name(header.name) {
+                Some(name) => name,
+                None => HeaderName::from_bytes(header.name.as_bytes())
+                    .map_err(|_| format!("invalid header name {:?}", header.name))?,
+            };
+            facts.learn(&name, header.value)?;
             let from = header.value.as_ptr() as usize - base;
             spans.push((name, from..from + header.value.len()));
         }
-        Ok(Self(spans))
+        Ok((Self(spans), facts))
     }
 
     /// The header map, its values slices of `head` (the bytes the spans were noted in).
@@ -130,39 +210,20 @@ impl HeaderSpans {
     }
 }
 
-/// Whether a `Connection` header lists `option`.
-pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(option.as_bytes()))
+/// The names every invocation between sidecars carries beyond `http`'s standard ones, as peers
+/// send them (lower case). `HeaderName::from_bytes` would copy each into an allocation of its
+/// own, per request.
+fn known_name(name: &str) -> Option<HeaderName> {
+    use crate::invoke::headers as invoke;
+    Some(match name {
+        "dapr-caller-app-id" => invoke::CALLER_APP_ID,
+        "dapr-callee-app-id" => invoke::CALLEE_APP_ID,
+        "dapr-caller-namespace" => invoke::CALLER_NAMESPACE,
+        "traceparent" => invoke::TRACEPARENT,
+        "x-forwarded-for" => invoke::X_FORWARDED_FOR,
+        "x-forwarded-host" => invoke::X_FORWARDED_HOST,
+        _ => return None,
     })
-}
-
-/// Whether the last transfer coding is `chunked`; `None` without `Transfer-Encoding`.
-pub fn is_chunked(headers: &HeaderMap) -> Option<bool> {
-    let encoding = headers.get_all(TRANSFER_ENCODING).iter().next_back()?;
-    let last = encoding.as_bytes().rsplit(|b| *b == b',').next();
-    Some(last.is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")))
-}
-
-/// The `Content-Length`, when given; several differing values are an error.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let parsed = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
-                .ok_or_else(|| format!("invalid content-length {value:?}"))?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err("differing content-length values".into());
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(length)
 }
 
 /// Writes every header but the framing ones, which the writer decides.

@@ -21,8 +21,8 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Set by a callee sidecar on a 503 it produced itself (its app is unhealthy, or it is not the
 /// app asked for): the caller then tries another instance. Never passed on to the app.
 pub const INSTANCE_UNAVAILABLE: HeaderName = HeaderName::from_static("tandem-instance-unavailable");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -6,6 +6,8 @@
 //! app's request itself, with the `dapr-callee-app-id` header naming the app it is for. The port
 //! has one handler and one protocol, served by `http1::server` without a router.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
@@ -14,10 +16,20 @@ use super::headers::{strip_hop_by_hop, CALLEE_APP_ID, INSTANCE_UNAVAILABLE};
 use super::{InvokeError, InvokeFailure};
 use crate::api::error::ApiError;
 use crate::app::AppChannelError;
+use crate::http1::server::Handler;
 use crate::runtime::Runtime;
 
-/// Answers one request to the internal port.
-pub async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
+/// The internal port's handler.
+#[derive(Clone)]
+pub struct InternalPort(pub Arc<Runtime>);
+
+impl Handler for InternalPort {
+    async fn call(&self, req: Request<Body>) -> Response {
+        handle(&self.0, req).await
+    }
+}
+
+async fn handle(rt: &Runtime, req: Request<Body>) -> Response {
     let own_id = rt.settings.app_id.as_str();
     let callee = req
         .headers()
