@@ -1,4 +1,4 @@
-//! The accept loop behind every port Tandem serves (API, public, metrics): connections send
+//! The accept loop behind every port Tandem serves (API, public, metrics, internal): connections send
 //! without Nagle's delay, each gets the handler made for its peer address, and shutdown stops
 //! accepting and lets in-flight requests finish. HTTP/1.x connections are served by
 //! `http1::server`; a client that opens with HTTP/2's preface (h2c, prior knowledge) is served
@@ -79,7 +79,7 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
 }
 
 /// The next connection, set to send without Nagle's delay; `None` at shutdown.
-pub async fn accept(
+async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, SocketAddr)> {

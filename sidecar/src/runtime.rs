@@ -495,8 +495,10 @@ async fn serve_internal(
     listeners.extend(bind_all(&rest, port).await?);
     for listener in listeners {
         let shutdown = rt.shutdown.clone();
-        let handler = crate::invoke::internal::InternalPort(rt.clone());
-        servers.spawn(crate::http1::server::serve(listener, shutdown, handler));
+        let rt = rt.clone();
+        servers.spawn(http_server::serve(listener, shutdown, move |_| {
+            crate::invoke::internal::InternalPort(rt.clone())
+        }));
     }
     tracing::info!("internal invocation port {port} (HTTP)");
     Ok(port)

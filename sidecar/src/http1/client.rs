@@ -147,7 +147,7 @@ fn encode_head(buf: &mut Vec<u8>, parts: &request::Parts, framing: Framing) {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    wire::encode_headers(buf, &parts.headers);
+    wire::encode_headers(buf, &parts.headers, true);
     // Methods without a body send no length, unless the client gave one.
     let bodiless = framing == Framing::Length(0)
         && !parts.headers.contains_key(CONTENT_LENGTH)

@@ -1,13 +1,14 @@
-//! An HTTP/1.1 server for the internal port, where the only clients are peer sidecars.
+//! Tandem's HTTP/1.x server, behind every port (the API, public, metrics and internal ports).
 //!
 //! Each connection is one task that reads a request head, calls the handler, and writes the
 //! response, in turn. hyper's server runs the handler as a separate future fed through the
 //! connection's dispatcher; here nothing sits between the socket and the handler. A request body
-//! that arrived with its head (the usual case for the small bodies of invocations) is handed
-//! over as bytes; a longer one is read from the connection as the handler polls it.
+//! that arrived with its head (the usual case for the small bodies of API calls and invocations)
+//! is handed over as bytes; a longer one is read from the connection as the handler polls it.
 //!
 //! Connections are kept alive until the client closes them or the server shuts down; a
-//! response whose request body was not read to its end says `connection: close`.
+//! response whose request body was not read to its end says `connection: close`. Requests on
+//! one connection are answered in turn (pipelined requests wait in the buffer).
 
 use std::future::Future;
 use std::io;
@@ -24,9 +25,8 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::wire::{
     self, BodyError, Decoder, Framing, HeaderSpans, Input, WriteError, MAX_HEADERS, MAX_HEAD_BYTES,
@@ -55,23 +55,6 @@ struct RequestHead {
 /// Answers requests; failures are responses too.
 pub trait Handler: Clone + Send + Sync + 'static {
     fn call(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
-}
-
-/// Serves `listener` until `shutdown`, then waits for requests under way to finish (the caller
-/// bounds the wait). Idle connections close at shutdown.
-pub async fn serve<H: Handler>(listener: TcpListener, shutdown: CancellationToken, handler: H) {
-    let connections = TaskTracker::new();
-    while let Some((stream, peer)) = crate::http_server::accept(&listener, &shutdown).await {
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, &handler, &shutdown).await {
-                tracing::debug!("connection from {peer} closed: {e}");
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
 }
 
 /// Serves requests on `stream` in turn, until the client closes it or `shutdown` comes while it
@@ -168,21 +151,11 @@ async fn respond<H: Handler>(
         None => Framing::UntilClose,
     };
     let input = input.filter(|_| framing != Framing::UntilClose);
-    if no_body {
-        // A HEAD answer keeps the length the handler gave; no body follows.
-        for (name, value) in &parts.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if is_head && !parts.headers.contains_key(CONTENT_LENGTH) {
-            if let Framing::Length(n) = framing {
-                Framing::Length(n).encode_header(out);
-            }
-        }
-    } else {
-        wire::encode_headers(out, &parts.headers);
+    // A HEAD answer keeps the framing headers the handler gave; no body follows.
+    wire::encode_headers(out, &parts.headers, !no_body);
+    // A HEAD answer without a length gets the body's, which is not sent.
+    let head_without_length = is_head && !parts.headers.contains_key(CONTENT_LENGTH);
+    if !no_body || (head_without_length && matches!(framing, Framing::Length(_))) {
         framing.encode_header(out);
     }
     if !parts.headers.contains_key(DATE) {
@@ -348,8 +321,10 @@ mod tests {
 
     use http_body_util::BodyExt;
     use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
     use super::*;
+    use crate::http_server::serve;
 
     /// Answers with the method, path, and body length it read; `/ignore` reads no body.
     #[derive(Clone)]
@@ -375,7 +350,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, shutdown.clone(), Echo));
+        tokio::spawn(serve(listener, shutdown.clone(), |_| Echo));
         (addr, shutdown)
     }
 
@@ -510,7 +485,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, shutdown.clone(), Echo));
+        let server = tokio::spawn(serve(listener, shutdown.clone(), |_| Echo));
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let seen = raw(&mut stream, b"GET /one HTTP/1.1\r\n\r\n").await;
         assert!(seen.ends_with("GET /one Ok(0)"), "{seen}");

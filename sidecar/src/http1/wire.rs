@@ -226,10 +226,10 @@ fn known_name(name: &str) -> Option<HeaderName> {
     })
 }
 
-/// Writes every header but the framing ones, which the writer decides.
-pub fn encode_headers(buf: &mut Vec<u8>, headers: &HeaderMap) {
+/// Writes the headers; without the framing ones when `skip_framing` (the writer decides them).
+pub fn encode_headers(buf: &mut Vec<u8>, headers: &HeaderMap, skip_framing: bool) {
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if skip_framing && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
             continue;
         }
         buf.extend_from_slice(name.as_str().as_bytes());
