@@ -24,8 +24,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use super::wire::{
-    self, BodyError, Decoder, Framing, HeaderSpans, Input, WriteError, MAX_HEADERS, MAX_HEAD_BYTES,
-    WRITE_BUFFER,
+    self, BodyError, Decoder, Framing, HeaderSpans, Input, WriteError, MAX_HEADERS, WRITE_BUFFER,
 };
 
 /// How sending a request, or reading its response head, failed.
@@ -190,13 +189,8 @@ fn parse_head(
     let invalid = ExchangeError::InvalidResponse;
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(invalid(format!("head longer than {MAX_HEAD_BYTES} bytes")))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid(e.to_string())),
+    let Some(len) = wire::head_length(parsed.parse(buf), buf.len()).map_err(invalid)? else {
+        return Ok(None);
     };
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|e| invalid(e.to_string()))?;
@@ -204,10 +198,7 @@ fn parse_head(
         buf.advance(len);
         return Ok(None);
     }
-    let version = match parsed.version {
-        Some(0) => http::Version::HTTP_10,
-        _ => http::Version::HTTP_11,
-    };
+    let version = wire::version(parsed.version);
     let (spans, facts) = HeaderSpans::note(parsed.headers, buf.as_ptr()).map_err(invalid)?;
     let headers = spans
         .into_map(&buf.split_to(len).freeze())

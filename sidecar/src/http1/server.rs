@@ -29,8 +29,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{
-    self, BodyError, Decoder, Framing, HeaderSpans, Input, WriteError, MAX_HEADERS, MAX_HEAD_BYTES,
-    WRITE_BUFFER,
+    self, BodyError, Decoder, Framing, HeaderSpans, Input, WriteError, MAX_HEADERS, WRITE_BUFFER,
 };
 
 /// Why a connection ended early.
@@ -233,20 +232,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, ConnectionError
     let bad = ConnectionError::BadRequest;
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(bad(format!("head longer than {MAX_HEAD_BYTES} bytes")))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(bad(e.to_string())),
+    let Some(len) = wire::head_length(parsed.parse(buf), buf.len()).map_err(bad)? else {
+        return Ok(None);
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|e| bad(e.to_string()))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
+    let version = wire::version(parsed.version);
     let path = parsed.path.unwrap_or("/");
     let base = buf.as_ptr() as usize;
     let path_span = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();

@@ -17,7 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 
 /// Longest head accepted (start line and headers).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers accepted in one head.
 pub const MAX_HEADERS: usize = 128;
 /// Longest chunk-size or trailer line accepted in a chunked body.
@@ -111,6 +111,29 @@ impl Input {
                 Err(e) => return Poll::Ready(Some(Err(BodyError::Read(e)))),
             }
         }
+    }
+}
+
+/// The length of a head httparse has parsed: `None` while it is incomplete (and within bounds).
+pub fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, String> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD_BYTES => {
+            Err(format!("head longer than {MAX_HEAD_BYTES} bytes"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The version httparse read (`0` for HTTP/1.0, `1` for HTTP/1.1).
+pub fn version(minor: Option<u8>) -> http::Version {
+    match minor {
+        Some(0) => http::Version::HTTP_10,
+        _ => http::Version::HTTP_11,
     }
 }
 
