@@ -14,7 +14,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -116,13 +116,19 @@ async fn respond<H: Handler>(
             (Body::from(whole), Some(input), None)
         }
         decoder => {
-            if head.expect_continue {
-                writer
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .map_err(|e| ConnectionError::Write(WriteError::Io(e)))?;
-            }
-            let shared = Arc::new(Mutex::new(Some(Streamed { input, decoder })));
+            // The client holds the body back until told to send it: the `100 Continue` goes
+            // out when the handler first reads the body, so a refusal costs no upload.
+            let continue_due: &[u8] = if head.expect_continue {
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+            } else {
+                b""
+            };
+            let streamed = Streamed {
+                input,
+                decoder,
+                continue_due,
+            };
+            let shared = Arc::new(Mutex::new(Some(streamed)));
             (Body::new(RequestBody(shared.clone())), None, Some(shared))
         }
     };
@@ -271,6 +277,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, ConnectionError
 struct Streamed {
     input: Input,
     decoder: Decoder,
+    /// What is left to send of a `100 Continue` the client asked for, before the first read.
+    continue_due: &'static [u8],
 }
 
 struct RequestBody(Arc<Mutex<Option<Streamed>>>);
@@ -284,10 +292,26 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut streamed = self.0.lock();
-        let Some(Streamed { input, decoder }) = streamed.as_mut() else {
+        let Some(Streamed {
+            input,
+            decoder,
+            continue_due,
+        }) = streamed.as_mut()
+        else {
             // The response was sent already: the rest of the body is gone with the connection.
             return Poll::Ready(Some(Err(BodyError::Closed)));
         };
+        while !continue_due.is_empty() {
+            let stream: &TcpStream = input.reader.as_ref();
+            if let Err(e) = ready!(stream.poll_write_ready(cx)) {
+                return Poll::Ready(Some(Err(BodyError::Continue(e))));
+            }
+            match stream.try_write(continue_due) {
+                Ok(n) => *continue_due = &continue_due[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(BodyError::Continue(e)))),
+            }
+        }
         input.poll_body(decoder, cx).map_ok(Frame::data)
     }
 
@@ -361,7 +385,11 @@ mod tests {
         }
         // Every answer carries a date; the tests compare the rest.
         let seen = String::from_utf8(seen).unwrap();
-        assert!(seen.is_empty() || seen.contains("\r\ndate: "), "{seen}");
+        let final_answer = seen.trim_start_matches("HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(
+            final_answer.is_empty() || final_answer.contains("\r\ndate: "),
+            "{seen}"
+        );
         seen.split("\r\n")
             .filter(|line| !line.starts_with("date: "))
             .collect::<Vec<_>>()
@@ -415,6 +443,23 @@ mod tests {
         assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
         assert!(seen.contains("connection: close\r\n"), "{seen}");
         assert!(seen.ends_with("POST /ignore"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn continue_is_sent_only_when_the_body_is_read() {
+        let (addr, _shutdown) = start().await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = b"POST /read HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n";
+        let seen = raw(&mut stream, head).await;
+        assert_eq!(seen, "HTTP/1.1 100 Continue\r\n\r\n");
+        let seen = raw(&mut stream, b"body").await;
+        assert!(seen.ends_with("POST /read Ok(4)"), "{seen}");
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = b"POST /ignore HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n";
+        let seen = raw(&mut stream, head).await;
+        assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+        assert!(seen.contains("connection: close\r\n"), "{seen}");
     }
 
     #[tokio::test]

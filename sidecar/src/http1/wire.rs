@@ -39,6 +39,8 @@ pub enum BodyError {
     Closed,
     #[error("invalid chunked body: {0}")]
     InvalidChunk(&'static str),
+    #[error("sending 100 Continue failed: {0}")]
+    Continue(#[source] io::Error),
 }
 
 /// How writing a message failed.
