@@ -10,7 +10,7 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
-/// Rejects a body whose declared length (its Content-Length, which hyper never reads past) is
+/// Rejects a body whose declared length (its Content-Length, which the servers never read past) is
 /// over the limit at once, and admits it as it is when within; caps bodies of unknown length
 /// (chunked) so reading stops at the limit.
 pub fn cap(limit: u64, req: Request) -> Result<Request, ApiError> {
