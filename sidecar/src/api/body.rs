@@ -10,9 +10,9 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
-/// Rejects a body whose declared length (its Content-Length, which the servers never read past) is
-/// over the limit at once, and admits it as it is when within; caps bodies of unknown length
-/// (chunked) so reading stops at the limit.
+/// Rejects a body whose declared length (its Content-Length, which the servers never read
+/// past) is over the limit at once, and admits it as it is when within; caps bodies of unknown
+/// length (chunked) so reading stops at the limit.
 pub fn cap(limit: u64, req: Request) -> Result<Request, ApiError> {
     match http_body::Body::size_hint(req.body()).exact() {
         Some(len) if len > limit => return Err(ApiError::body_too_large(limit)),
